@@ -1,0 +1,338 @@
+"""A real Apache Kafka cluster (1 or 3 KRaft nodes, combined mode) on 127.0.0.1, with node control.
+
+Each node is a JVM started from the jars that :mod:`streamguard.testing.distribution` fetched. The
+launcher formats storage, starts the JVMs with small heaps, waits until the cluster answers metadata
+and accepts a topic, and stops every JVM it started when its owner exits (context manager, atexit, and
+a parent-death signal so even a SIGKILLed test run leaves no ``java`` behind).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamguard.errors import KafkaUnavailable
+from streamguard.testing.distribution import KAFKA_VERSION, ensure_kafka_libs, java_executable
+
+_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <File name="file" fileName="{log}" append="true">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka" level="INFO"/>
+    <Logger name="org.apache.kafka" level="INFO"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Root level="INFO"><AppenderRef ref="file"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+JVM_OPTS = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:-UsePerfData", "-Djava.awt.headless=true",
+            "-XX:TieredStopAtLevel=1" if os.environ.get("STREAMGUARD_KAFKA_FAST_JIT") else "-XX:+TieredCompilation"]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL the JVM when the process that started it dies (no orphaned brokers)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG
+    os.setsid()
+
+
+@dataclass
+class KafkaNode:
+    """One combined broker+controller JVM: its ports, files and process, and the faults it can take."""
+
+    node_id: int
+    client_port: int
+    internal_port: int
+    controller_port: int
+    workdir: Path
+    proxied_port: int | None = None
+    advertised_proxied: tuple[str, int] | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _cmd: list[str] = field(default_factory=list, repr=False)
+    _paused: bool = False
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "server.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        """Start the JVM (storage must be formatted)."""
+        if self.is_running():
+            return
+        out = open(self.workdir / "stdout.log", "ab")
+        self.process = subprocess.Popen(self._cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent, cwd=self.workdir)
+        out.close()
+        self._paused = False
+
+    def kill(self) -> None:
+        """SIGKILL the broker: a process crash (the page cache survives, so it is not a power loss)."""
+        if self.process and self.process.poll() is None:
+            if self._paused:
+                os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(30)
+        self._paused = False
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM and wait for a controlled shutdown; SIGKILL after ``timeout``."""
+        if self.process and self.process.poll() is None:
+            if self._paused:
+                self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker freezes with its sockets open (a GC pause or a hung host)."""
+        if self.is_running() and self.process:
+            os.kill(self.process.pid, signal.SIGSTOP)
+            self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.process and self._paused:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self._paused = False
+
+    def restart(self, graceful: bool = False) -> None:
+        """Stop (SIGKILL unless ``graceful``) and start again with the same storage and ports."""
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = ""
+        for f in (self.workdir / "stdout.log", self.log_file):
+            if f.exists():
+                text += f"--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+        return text
+
+
+_LIVE: weakref.WeakSet[LocalKafkaCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_LIVE):
+        cluster.stop()
+
+
+class LocalKafkaCluster:
+    """Start ``nodes`` (1 or 3) KRaft combined nodes on loopback with free ports.
+
+    ``proxy_for`` may map a node id to the (host, port) that clients should be sent to (a fault proxy);
+    the node then also listens on a PROXIED listener that advertises that address, while brokers keep
+    replicating over their direct INTERNAL listener.
+    """
+
+    def __init__(self, nodes: int = 1, *, version: str = KAFKA_VERSION, workdir: str | Path | None = None,
+                 proxy_for: Callable[[int, int], tuple[str, int]] | None = None,
+                 extra_properties: dict[str, str] | None = None) -> None:
+        if nodes not in (1, 3):
+            raise ValueError(f"nodes must be 1 or 3, got {nodes}")
+        self.version = version
+        self.size = nodes
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamguard-kafka-"))
+        self.extra_properties = dict(extra_properties or {})
+        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.nodes: list[KafkaNode] = []
+        for i in range(1, nodes + 1):
+            node = KafkaNode(i, free_port(), free_port(), free_port(), self.workdir / f"node-{i}")
+            if proxy_for is not None:
+                node.proxied_port = free_port()
+                node.advertised_proxied = proxy_for(i, node.proxied_port)
+            self.nodes.append(node)
+        self._started = False
+
+    # -- addresses -------------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        """The client bootstrap string (direct listeners)."""
+        return ",".join(n.address for n in self.nodes)
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """The bootstrap string through the fault proxies (requires ``proxy_for``)."""
+        return ",".join(f"{h}:{p}" for n in self.nodes if n.advertised_proxied for h, p in [n.advertised_proxied])
+
+    def node(self, node_id: int) -> KafkaNode:
+        return self.nodes[node_id - 1]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _properties(self, node: KafkaNode) -> str:
+        n = self.size
+        voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in self.nodes)
+        listeners = [f"INTERNAL://127.0.0.1:{node.internal_port}", f"CLIENT://127.0.0.1:{node.client_port}",
+                     f"CONTROLLER://127.0.0.1:{node.controller_port}"]
+        advertised = [f"INTERNAL://127.0.0.1:{node.internal_port}", f"CLIENT://127.0.0.1:{node.client_port}"]
+        protocols = "INTERNAL:PLAINTEXT,CLIENT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        if node.proxied_port and node.advertised_proxied:
+            listeners.append(f"PROXIED://127.0.0.1:{node.proxied_port}")
+            host, port = node.advertised_proxied
+            advertised.append(f"PROXIED://{host}:{port}")
+            protocols += ",PROXIED:PLAINTEXT"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(node.node_id),
+            "controller.quorum.voters": voters,
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "INTERNAL",
+            "listeners": ",".join(listeners),
+            "advertised.listeners": ",".join(advertised),
+            "listener.security.protocol.map": protocols,
+            "log.dirs": str(node.workdir / "data"),
+            "num.partitions": "1",
+            "default.replication.factor": str(n),
+            "min.insync.replicas": "2" if n >= 3 else "1",
+            "unclean.leader.election.enable": "false",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": str(n),
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": str(n),
+            "transaction.state.log.min.isr": "2" if n >= 3 else "1",
+            "transaction.state.log.num.partitions": "3",
+            "share.coordinator.state.topic.replication.factor": str(n),
+            "share.coordinator.state.topic.min.isr": "2" if n >= 3 else "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.replica.fetchers": "1",
+            "background.threads": "2",
+            "log.cleaner.threads": "1",
+            "num.recovery.threads.per.data.dir": "1",
+            "replica.lag.time.max.ms": "10000",
+        }
+        props.update(self.extra_properties)
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _prepare(self, node: KafkaNode, libs: Path, java: str) -> None:
+        node.workdir.mkdir(parents=True, exist_ok=True)
+        props = node.workdir / "server.properties"
+        props.write_text(self._properties(node))
+        log4j = node.workdir / "log4j2.xml"
+        log4j.write_text(_LOG4J2_XML.format(log=node.log_file))
+        base = [java, *JVM_OPTS, f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={node.workdir}",
+                "-cp", f"{libs}/*"]
+        fmt = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(props),
+                              "--ignore-formatted"], capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise KafkaUnavailable(f"formatting storage of node {node.node_id} failed:\n{fmt.stdout}{fmt.stderr}")
+        node._cmd = [*base, "kafka.Kafka", str(props)]
+
+    def start(self, timeout: float = 120.0) -> LocalKafkaCluster:
+        """Format, start every node and wait until the cluster is usable; raise with log tails if not."""
+        if self._started:
+            return self
+        libs = ensure_kafka_libs(self.version)
+        java = java_executable()
+        _LIVE.add(self)
+        self._started = True
+        try:
+            for node in self.nodes:
+                self._prepare(node, libs, java)
+            for node in self.nodes:
+                node.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            tails = "\n".join(n.log_tail() for n in self.nodes)
+            self.stop()
+            raise KafkaUnavailable(f"local Kafka ({self.size} node(s)) did not become ready:\n{tails}") from None
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until every running node is in the metadata and a topic with full replication is created."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        deadline = time.monotonic() + timeout
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        running = {n.node_id for n in self.nodes if n.is_running()}
+        last: object = None
+        while time.monotonic() < deadline:
+            for n in self.nodes:
+                if n.process is not None and n.process.poll() is not None:
+                    raise KafkaUnavailable(f"node {n.node_id} exited with code {n.process.returncode}")
+            try:
+                md = admin.list_topics(timeout=2)
+                if running <= set(md.brokers):
+                    name = f"__streamguard_ready_{uuid.uuid4().hex[:8]}"
+                    rf = min(len(running), self.size)
+                    fut = admin.create_topics([NewTopic(name, 1, rf)], operation_timeout=10)[name]
+                    fut.result(timeout=15)
+                    admin.delete_topics([name])
+                    return
+            except Exception as exc:  # the cluster is still booting
+                last = exc
+            time.sleep(0.5)
+        raise KafkaUnavailable(f"cluster not ready after {timeout:.0f}s (last error: {last})")
+
+    def heal(self, timeout: float = 120.0) -> None:
+        """Undo node faults: resume paused nodes, start dead ones, wait until ready."""
+        changed = False
+        for node in self.nodes:
+            if node._paused:
+                node.resume()
+                changed = True
+            if not node.is_running():
+                node.start()
+                changed = True
+        if changed:
+            self.wait_ready(timeout)
+
+    def stop(self) -> None:
+        """Stop every node (SIGKILL: storage is throw-away) and remove the work folder if we made it."""
+        for node in self.nodes:
+            node.kill()
+        _LIVE.discard(self)
+        self._started = False
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKafkaCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Shared test helpers; the Kafka fixtures come from the streamguard pytest plugin (pytest11)."""
