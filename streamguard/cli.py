@@ -60,7 +60,8 @@ def _bootstrap_from(args: argparse.Namespace) -> str:
         return os.environ["STREAMGUARD_BOOTSTRAP"]
     if _state_file().exists():
         return str(json.loads(_state_file().read_text())["bootstrap"])
-    raise StreamguardError("no cluster named: pass --bootstrap, set STREAMGUARD_BOOTSTRAP or run `streamguard kafka up`")
+    raise StreamguardError(
+        "no cluster named: pass --bootstrap, set STREAMGUARD_BOOTSTRAP or run `streamguard kafka up`")
 
 
 def _cmd_kafka_status(args: argparse.Namespace) -> int:

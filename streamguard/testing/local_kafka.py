@@ -96,10 +96,9 @@ class KafkaNode:
         """Start the JVM (storage must be formatted)."""
         if self.is_running():
             return
-        out = open(self.workdir / "stdout.log", "ab")
-        self.process = subprocess.Popen(self._cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent, cwd=self.workdir)
-        out.close()
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(self._cmd, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, cwd=self.workdir)
         self._paused = False
 
     def kill(self) -> None:
