@@ -14,6 +14,7 @@ The tree::
     +-- HandlerTimeout                a handler ran past its timeout -> a failure for the retry policy
     +-- CrashLoopDetected             a message killed or hung the worker max_deliveries times -> quarantine
     +-- CircuitOpen                   a call refused because its dependency's breaker is open
+    +-- LeaseLost                     an idempotency claim was taken over before its transaction committed
 
     HandlerSignal                     raised *by handlers* on purpose; not an error of streamguard
     +-- RetryLater(delay)             try this message again after ``delay`` seconds (order of its key kept)
@@ -95,3 +96,16 @@ class PermanentFailure(HandlerSignal):
 
 class Quarantine(HandlerSignal):
     """Raised by a handler: hold this message for a person; it is never replayed automatically."""
+
+
+class LeaseLost(StreamguardError):
+    """Raised on leaving ``store.transaction(key, owner)`` when another owner took over the expired claim.
+
+    The user's writes and the completion mark are rolled back together; the runtime drops this attempt's
+    result (the new owner's run is the one that counts) and does not commit the offset on its behalf.
+    """
+
+    def __init__(self, key: str, owner: str) -> None:
+        super().__init__(f"owner {owner!r} lost the claim on {key!r} to another owner; the transaction was rolled back")
+        self.key = key
+        self.owner = owner

@@ -1,0 +1,738 @@
+"""The worker: one poll thread that owns the consumer, one event loop that runs the handlers.
+
+Threads and who owns what:
+
+- the **poll thread** (the caller of :meth:`Worker.run`) owns the ``confluent_kafka.Consumer``: it
+  fetches batches, applies pause/resume requests, commits about once per ``commit_interval`` and
+  serves rebalance callbacks. It never runs a handler, so a hung handler cannot get the worker evicted
+  by ``max.poll.interval.ms``.
+- the **loop thread** runs an asyncio event loop that owns every :class:`PartitionState` (offsets and
+  bulkheads). Async handlers run on it; sync handlers run on a bounded thread pool.
+
+The poll thread talks to the loop thread only by scheduling calls on it (``call_soon_threadsafe``) and
+waiting for their results, so partition state has a single owner and needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
+
+from streamguard.context import Context
+from streamguard.core.envelope import FailureInfo, dead_letter_headers, describe_error
+from streamguard.core.idempotency import ClaimStatus
+from streamguard.core.offsets import decode_metadata
+from streamguard.core.retry import GiveUp, Retry
+from streamguard.errors import (
+    CircuitOpen,
+    ConfigError,
+    CrashLoopDetected,
+    DecodeError,
+    HandlerTimeout,
+    KafkaOperationError,
+    MessageTooLarge,
+    PermanentFailure,
+    Quarantine,
+)
+from streamguard.kafka.clients import ensure_topics, make_admin, make_consumer, partition_counts
+from streamguard.kafka.producer import ReliableProducer
+from streamguard.runtime.partition import PartitionState
+from streamguard.runtime.solo_gate import SoloGate
+from streamguard.runtime.store_batcher import StoreBatcher
+
+if TYPE_CHECKING:
+    from streamguard.app import App, HandlerSpec
+
+log = logging.getLogger("streamguard.worker")
+T = TypeVar("T")
+
+DEFAULT_RETRY = Retry(attempts=3, backoff=(0.2, 5.0))
+OUTCOMES = ("ok", "retried", "dead_lettered", "quarantined", "duplicate_skipped", "preresolved_skipped", "fenced")
+
+
+class Worker:
+    """Runs an :class:`~streamguard.app.App` until stopped. Build it with ``app.worker()``."""
+
+    def __init__(self, app: App, *, install_signals: bool = True, worker_id: str | None = None,
+                 metrics: Any = None) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.worker_id = worker_id or app.worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.install_signals = install_signals
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.metrics = metrics
+        self._states: dict[tuple[str, int], PartitionState] = {}
+        self._control: queue.SimpleQueue[tuple[str, PartitionState]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._hard_stop = threading.Event()
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="streamguard-loop", daemon=True)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.sync_threads, "streamguard-handler")
+        self._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store")
+        self._buffered_total = 0
+        self._gate: SoloGate | None = None
+        self._acked: dict[tuple[str, int], tuple[int, str]] = {}
+        self._last_poll = time.monotonic()
+        self._consumer: Any = None
+        self._producer: ReliableProducer | None = None
+        self._store: StoreBatcher | None = None
+        self._assigned_at: float | None = None
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
+
+    # ------------------------------------------------------------------ public
+    @property
+    def assignment(self) -> list[tuple[str, int]]:
+        return sorted(self._states)
+
+    def healthy(self) -> tuple[bool, str]:
+        """The poll loop is alive if it polled in the last 30 s."""
+        age = time.monotonic() - self._last_poll
+        return (age < 30.0, f"last poll {age:.1f}s ago")
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when partitions are assigned and none is stuck (oldest in-flight work younger than 60 s)."""
+        if not self._ready.is_set():
+            return False, "starting"
+        if not self._states:
+            return False, "no partitions assigned"
+        return True, f"{len(self._states)} partition(s) assigned"
+
+    def stop(self, hard: bool = False) -> None:
+        """Ask the worker to drain and leave (``hard``: leave now, committing only what is resolved)."""
+        if self._stop.is_set() or hard:
+            self._hard_stop.set()
+        self._stop.set()
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        return self._ready.wait(timeout)
+
+    # ------------------------------------------------------------------ startup
+    def _consumer_config(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "bootstrap.servers": self.app.brokers,
+            "group.id": self.app.group_id,
+            "client.id": f"streamguard-{self.worker_id}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": s.auto_offset_reset,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "max.poll.interval.ms": 300000,
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+            "queued.max.messages.kbytes": 16384,
+            "fetch.wait.max.ms": 100,
+            "log_level": 3,
+            "error_cb": self._on_client_error,
+            "on_commit": self._on_commit,
+            **s.kafka,
+        }
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            log.error("authentication failed: %s; stopping", err.str())
+            self.stats["auth_failed"] += 1
+            self.stop(hard=True)
+        elif err.fatal():
+            log.error("fatal client error: %s; stopping", err.str())
+            self.stop(hard=True)
+        else:
+            log.warning("kafka client: %s", err.str())
+
+    def _prepare(self) -> None:
+        """Validate config and topics, create failure topics, build clients. Raises before consuming."""
+        from streamguard.errors import AuthenticationFailed
+
+        if not self.app.handlers:
+            raise ConfigError(f"app {self.app.name!r} has no handlers")
+        cfg = self._consumer_config()
+        base = {k: v for k, v in cfg.items() if k.startswith(("bootstrap.", "security.", "sasl.", "ssl."))}
+        admin = make_admin(base)
+        counts = partition_counts(admin, self.app.handlers, self.settings.startup_timeout, self.app.brokers)
+        if self.stats["auth_failed"]:
+            raise AuthenticationFailed(f"the cluster at {self.app.brokers} rejected the credentials")
+        if self.settings.create_failure_topics:
+            wanted: dict[str, int] = {}
+            for topic, spec in self.app.handlers.items():
+                wanted[spec.dlq] = counts[topic]
+                wanted[spec.quarantine] = counts[topic]
+            created = ensure_topics(admin, wanted, replication=self.settings.failure_topic_replication)
+            if created:
+                log.info("created failure topics: %s", ", ".join(created))
+        self._consumer = make_consumer(cfg)
+        self._producer = ReliableProducer({**base, "client.id": f"streamguard-{self.worker_id}-failures"})
+        store = self.app.idempotency
+        if store is not None:
+            store.open()
+            self._store = StoreBatcher(store, self._store_pool, self.worker_id, self.settings.lease_seconds)
+        self._loop_thread.start()
+        self._gate = self._call(self._make_gate)
+
+    @staticmethod
+    def _make_gate() -> SoloGate:
+        return SoloGate()
+
+    # ------------------------------------------------------------------ cross-thread calls
+    def _call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 60.0) -> T:
+        """Run ``fn(*args)`` on the loop thread and wait for its result (poll thread only)."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return fut.result(timeout)
+
+    # ------------------------------------------------------------------ the poll loop
+    def run(self) -> None:
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT when run on the main thread)."""
+        self._prepare()
+        restore = self._install_signal_handlers()
+        consumer = self._consumer
+        topics = list(self.app.handlers)
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("worker %s consuming %s as group %s", self.worker_id, topics, self.app.group_id)
+        s = self.settings
+        next_commit = time.monotonic() + s.commit_interval
+        try:
+            while not self._stop.is_set():
+                self._poll_once(consumer, s.poll_batch, s.poll_timeout)
+                if time.monotonic() >= next_commit:
+                    self._commit(asynchronous=True)
+                    next_commit = time.monotonic() + s.commit_interval
+            self._shutdown(consumer)
+        finally:
+            restore()
+            self._teardown()
+
+    def _poll_once(self, consumer: Any, batch: int, timeout: float) -> None:
+        self._apply_control(consumer)
+        msgs = consumer.consume(batch, timeout)
+        self._last_poll = time.monotonic()
+        if not msgs:
+            return
+        good = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            else:
+                self._on_client_error(err)
+        if good:
+            self._loop.call_soon_threadsafe(self._dispatch, good)
+
+    def _apply_control(self, consumer: Any) -> None:
+        while True:
+            try:
+                action, st = self._control.get_nowait()
+            except queue.Empty:
+                return
+            if st.revoked or self._states.get((st.topic, st.partition)) is not st:
+                continue
+            tp = [TopicPartition(st.topic, st.partition)]
+            try:
+                if action == "pause":
+                    consumer.pause(tp)
+                else:
+                    consumer.resume(tp)
+            except KafkaException as exc:
+                log.warning("%s of %s[%d] failed: %s", action, st.topic, st.partition, exc)
+
+    # ------------------------------------------------------------------ commits
+    def _commit_snapshot(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
+        """(loop thread) The commit offsets that changed since the last acknowledged commit."""
+        out = []
+        for k, st in self._states.items():
+            if only is not None and k not in only:
+                continue
+            c = st.tracker.committable()
+            if c is None:
+                continue
+            md = st.tracker.metadata(self.settings.metadata_max_bytes)
+            if self._acked.get(k) == (c, md):
+                continue
+            out.append(TopicPartition(st.topic, st.partition, c, metadata=md))
+        return out
+
+    def _commit(self, asynchronous: bool, only: set[tuple[str, int]] | None = None,
+                snapshot: list[TopicPartition] | None = None) -> None:
+        offsets = snapshot if snapshot is not None else self._call(self._commit_snapshot, only)
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+                # optimistic: a failure reported to _on_commit forgets it, so the next cycle commits again
+                for tp in offsets:
+                    self._acked[(tp.topic, tp.partition)] = (tp.offset, tp.metadata or "")
+            else:
+                result = self._consumer.commit(offsets=offsets, asynchronous=False) or []
+                for tp in result:
+                    if tp.error is None:
+                        self._acked[(tp.topic, tp.partition)] = (tp.offset, tp.metadata or "")
+            self.stats["commits_ok"] += 1
+            self._metric("commits_total", result="ok")
+        except KafkaException as exc:
+            for tp in offsets:
+                self._acked.pop((tp.topic, tp.partition), None)
+            err = exc.args[0] if exc.args else exc
+            if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
+                return
+            self.stats["commits_failed"] += 1
+            self._metric("commits_total", result="failed")
+            log.warning("commit failed (will retry): %s", err)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            for tp in partitions:
+                self._acked.pop((tp.topic, tp.partition), None)
+
+    # ------------------------------------------------------------------ rebalances (poll thread)
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets (%s); starting without skip lists", exc)
+            committed = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in partitions]
+        infos = []
+        for tp in committed:
+            off = tp.offset if tp.offset >= 0 else None
+            skip = decode_metadata(tp.metadata, off) if off is not None else set()
+            infos.append((tp.topic, tp.partition, off, skip))
+        self._call(self._install, infos)
+        self._ready.set()
+        self.stats["assigned"] += len(partitions)
+        self._emit("assigned", {"partitions": [(tp.topic, tp.partition) for tp in partitions]})
+        log.info("assigned %s", [f"{t}[{p}]@{o}" for t, p, o, _ in infos])
+
+    def _install(self, infos: list[tuple[str, int, int | None, set[int]]]) -> None:
+        for topic, partition, committed, skip in infos:
+            old = self._states.pop((topic, partition), None)
+            if old is not None:
+                self._fence(old)
+            st = PartitionState(self.app.handlers[topic], partition, committed, skip)
+            self._states[(topic, partition)] = st
+            if committed is not None:
+                self._acked[(topic, partition)] = (committed, "")
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._emit("revoking", {"partitions": sorted(keys)})
+        events = self._call(self._begin_revoke, keys)
+        deadline = time.monotonic() + self.settings.revoke_timeout
+        if not self._hard_stop.is_set():
+            for ev in events:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    asyncio.run_coroutine_threadsafe(ev.wait(), self._loop).result(remaining)
+                except (concurrent.futures.TimeoutError, TimeoutError):
+                    break
+        offsets = self._call(self._finish_revoke, keys)
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed: %s", exc)
+        for k in keys:
+            self._acked.pop(k, None)
+        self.stats["revoked"] += len(keys)
+        log.info("revoked %s (committed %s)", sorted(keys), [(tp.partition, tp.offset) for tp in offsets])
+
+    def _begin_revoke(self, keys: set[tuple[str, int]]) -> list[asyncio.Event]:
+        events = []
+        for k in keys:
+            st = self._states.get(k)
+            if st is None:
+                continue
+            st.draining = True
+            dropped = st.scheduler.drain()
+            self._buffered_total -= len(dropped)
+            if not st.idle:
+                st.drained = asyncio.Event()
+                events.append(st.drained)
+        return events
+
+    def _finish_revoke(self, keys: set[tuple[str, int]]) -> list[TopicPartition]:
+        snapshot = self._commit_snapshot(keys)
+        for k in keys:
+            st = self._states.pop(k, None)
+            if st is not None:
+                self._fence(st)
+        return snapshot
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._call(self._drop_lost, keys)
+        for k in keys:
+            self._acked.pop(k, None)
+        self.stats["lost"] += len(keys)
+        self._emit("lost", {"partitions": sorted(keys)})
+        log.warning("partitions lost (not committed): %s", sorted(keys))
+
+    def _drop_lost(self, keys: set[tuple[str, int]]) -> None:
+        for k in keys:
+            st = self._states.pop(k, None)
+            if st is not None:
+                self._buffered_total -= len(st.scheduler.drain())
+                self._fence(st)
+
+    def _fence(self, st: PartitionState) -> None:
+        """(loop thread) Late results of ``st`` are ignored from now on."""
+        st.revoked = True
+        self._buffered_total -= st.scheduler.buffered
+        if st.drained is not None:
+            st.drained.set()
+
+    # ------------------------------------------------------------------ dispatch (loop thread)
+    def _dispatch(self, msgs: list[Message]) -> None:
+        touched: dict[tuple[str, int], PartitionState] = {}
+        states = self._states
+        for m in msgs:
+            k = (m.topic(), m.partition())
+            st = states.get(k)
+            if st is None or st.draining:
+                continue  # not ours any more: the next owner starts from the committed offset
+            offset = m.offset()
+            try:
+                if st.tracker.track(offset):
+                    self.stats["preresolved_skipped"] += 1
+                    continue
+            except ValueError:
+                continue  # a re-fetch of an offset already tracked (after a resume); already handled
+            ordering = st.spec.ordering
+            if ordering == "key":
+                key: Any = m.key()
+            elif ordering == "partition":
+                key = None
+            else:
+                key = ordering(m)
+            st.scheduler.submit(key, m)
+            self._buffered_total += 1
+            touched[k] = st
+        for st in touched.values():
+            self._start_ready(st)
+            if not st.paused and (st.scheduler.is_full or self._buffered_total >= self.settings.max_inflight_total):
+                st.paused = True
+                self._control.put(("pause", st))
+                self._metric_gauge_paused()
+
+    def _start_ready(self, st: PartitionState) -> None:
+        if st.draining and not st.revoked:
+            pass  # in-flight heads finish; nothing new starts
+        for key, m in st.scheduler.take():
+            self._loop.create_task(self._process(st, key, m))
+
+    def _resolve(self, st: PartitionState, key: Any, offset: int) -> None:
+        if st.revoked:
+            self.stats["fenced"] += 1
+            return
+        st.tracker.mark_done(offset)
+        st.scheduler.finish(key)
+        self._buffered_total -= 1
+        if not st.draining:
+            self._start_ready(st)
+        if st.paused and st.scheduler.buffered <= st.spec.max_buffered // 2 and \
+                self._buffered_total < self.settings.max_inflight_total * 0.8:
+            st.paused = False
+            self._control.put(("resume", st))
+            self._metric_gauge_paused()
+        if st.drained is not None and st.scheduler.running == 0:
+            st.drained.set()
+
+    # ------------------------------------------------------------------ one message (loop thread)
+    async def _process(self, st: PartitionState, key: Any, m: Message) -> None:
+        try:
+            outcome = await self._handle(st, m)
+        except Exception:  # a bug in streamguard itself: never lose the message, never commit past it
+            log.exception("internal error handling %s[%d]@%d; the partition will not commit past it",
+                          st.topic, st.partition, m.offset())
+            self.stats["internal_errors"] += 1
+            return
+        if outcome is None:
+            self.stats["fenced"] += 1
+            return
+        self.stats[outcome] += 1
+        self._metric("messages_total", topic=st.topic, outcome=outcome)
+        self._resolve(st, key, m.offset())
+
+    def _idempotency_key(self, spec: HandlerSpec, model: Any, ctx: Context) -> str:
+        if spec.key is not None:
+            return str(spec.key(model, ctx))
+        hdr = ctx.header("idempotency-key")
+        if hdr is not None:
+            return hdr.decode("utf-8", "replace")
+        return f"{ctx.topic}/{ctx.partition}/{ctx.offset}"
+
+    async def _handle(self, st: PartitionState, m: Message) -> str | None:
+        spec = st.spec
+        value = m.value()
+        ctx = Context(st.topic, st.partition, m.offset(), m.key(), m.headers(), m.timestamp()[1], 0,
+                      f"{st.topic}/{st.partition}/{m.offset()}", self.worker_id, self.app.idempotency)
+        size = (len(value) if value else 0) + (len(m.key()) if m.key() else 0)
+        if spec.max_message_bytes is not None and size > spec.max_message_bytes:
+            err: BaseException = MessageTooLarge(f"record of {size} bytes exceeds max_message_bytes="
+                                                 f"{spec.max_message_bytes}")
+            return await self._divert(st, m, spec.quarantine, "quarantine", err, 0, None)
+        try:
+            model = spec.decoder(value)
+        except DecodeError as exc:
+            return await self._divert(st, m, spec.quarantine, "quarantine", exc, 0, None)
+        try:
+            ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+        except Exception as exc:
+            return await self._divert(st, m, spec.quarantine, "quarantine", exc, 0, None)
+        store = self._store
+        suspect = False
+        if store is not None:
+            while True:
+                claim = await store.claim(ctx.idempotency_key)
+                if st.revoked:
+                    return None
+                if claim.status is ClaimStatus.DONE:
+                    return "duplicate_skipped"
+                if claim.status is ClaimStatus.ACQUIRED:
+                    break
+                await asyncio.sleep(min(1.0, self.settings.lease_seconds / 4))  # BUSY: someone else holds it
+            if spec.max_deliveries is not None:
+                if claim.deliveries > spec.max_deliveries:
+                    exc2 = CrashLoopDetected(f"delivered {claim.deliveries - 1} times without resolving "
+                                             f"(max_deliveries={spec.max_deliveries})")
+                    return await self._divert(st, m, spec.quarantine, "quarantine", exc2, claim.deliveries - 1,
+                                              ctx.idempotency_key, complete=True)
+                suspect = claim.deliveries >= 2
+        return await self._attempts(st, m, model, ctx, suspect)
+
+    async def _attempts(self, st: PartitionState, m: Message, model: Any, ctx: Context, suspect: bool) -> str | None:
+        spec = st.spec
+        policy = spec.retry or DEFAULT_RETRY
+        first_failure: float | None = None
+        attempt = 0
+        retried = False
+        gate = self._gate
+        assert gate is not None
+        while True:
+            if st.revoked:
+                await self._release(ctx)
+                return None
+            wait = self._open_breaker_wait(spec)
+            if wait is not None and spec.on_open == "pause":
+                self.stats["breaker_waits"] += 1
+                await asyncio.sleep(wait)
+                continue
+            attempt += 1
+            ctx.attempt = attempt
+            fn = spec.fallback if (wait is not None and spec.fallback is not None) else spec.fn
+            if suspect:
+                await gate.exclusive()
+            elif not gate.try_shared():
+                await gate.shared()
+            started = time.monotonic()
+            try:
+                await self._invoke(spec, fn, model, ctx)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                if isinstance(exc, CircuitOpen):
+                    attempt -= 1
+                    await asyncio.sleep(max(0.05, exc.retry_after))
+                    continue
+                now = time.time()
+                first_failure = first_failure or now
+                decision = policy.decide(exc, attempt, first_failure, now)
+                if isinstance(decision, GiveUp) or isinstance(exc, (PermanentFailure, Quarantine)):
+                    if isinstance(exc, Quarantine):
+                        return await self._divert(st, m, spec.quarantine, "quarantine", exc, attempt,
+                                                  ctx.idempotency_key, complete=True, first_failure=first_failure)
+                    return await self._divert(st, m, spec.dlq, "dead-letter", exc, attempt, ctx.idempotency_key,
+                                              complete=True, first_failure=first_failure)
+                retried = True
+                self.stats["retries"] += 1
+                self._metric("retries_total", topic=st.topic)
+                await asyncio.sleep(decision.delay)
+                continue
+            finally:
+                if suspect:
+                    await gate.release_exclusive()
+                else:
+                    await gate.release_shared()
+                self._observe_duration(st.topic, time.monotonic() - started)
+            if self._store is not None and not ctx.transaction_used:
+                await self._store.complete(ctx.idempotency_key)
+            return "retried" if retried else "ok"
+
+    async def _invoke(self, spec: HandlerSpec, fn: Callable[..., Any], model: Any, ctx: Context) -> None:
+        args = (model, ctx) if spec.takes_ctx else (model,)
+        timeout = spec.timeout
+        if spec.is_async or asyncio.iscoroutinefunction(fn):
+            try:
+                if timeout is None:
+                    await fn(*args)
+                else:
+                    await asyncio.wait_for(fn(*args), timeout)
+            except TimeoutError as exc:
+                if isinstance(exc, HandlerTimeout):
+                    raise
+                raise HandlerTimeout(f"handler {spec.name} ran past its timeout of {timeout}s") from None
+            return
+        fut = self._loop.run_in_executor(self._pool, fn, *args)
+        try:
+            if timeout is None:
+                await fut
+            else:
+                await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, HandlerTimeout) or fut.done() and not fut.cancelled():
+                raise
+            raise HandlerTimeout(f"handler {spec.name} ran past its timeout of {timeout}s "
+                                 "(sync handlers cannot be interrupted; its thread runs on)") from None
+
+    def _open_breaker_wait(self, spec: HandlerSpec) -> float | None:
+        waits = [b.retry_after() for b in spec.breakers if b.state == "open"] if spec.breakers else []
+        return max(waits) if waits else None
+
+    async def _release(self, ctx: Context) -> None:
+        if self._store is not None:
+            try:
+                await self._store.call("release", ctx.idempotency_key, self.worker_id)
+            except Exception as exc:
+                log.warning("could not release claim %s: %s", ctx.idempotency_key, exc)
+
+    async def _divert(self, st: PartitionState, m: Message, topic: str, reason: str, exc: BaseException,
+                      attempts: int, idem_key: str | None, *, complete: bool = False,
+                      first_failure: float | None = None) -> str | None:
+        """Write the original record to the DLQ or quarantine topic; wait for the ack, retrying forever."""
+        etype, emsg, stack = describe_error(exc)
+        now_ms = int(time.time() * 1000)
+        info = FailureInfo(error_type=etype, error_message=emsg, stack=stack, attempts=attempts,
+                           first_failure_ms=int((first_failure or time.time()) * 1000), last_failure_ms=now_ms,
+                           handler=st.spec.name, worker_id=self.worker_id, reason=reason, idempotency_key=idem_key)
+        key, value = m.key(), m.value()
+        headers = dead_letter_headers(m.headers(), source_topic=st.topic, partition=st.partition,
+                                      offset=m.offset(), timestamp_ms=m.timestamp()[1], info=info,
+                                      key_len=len(key or b""), value_len=len(value or b""))
+        producer = self._producer
+        assert producer is not None
+        delay = 0.2
+        self._dlq_pending(+1)
+        try:
+            while True:
+                if st.revoked:
+                    return None
+                try:
+                    await asyncio.wrap_future(producer.send(topic, value, key, headers, partition=None))
+                    break
+                except KafkaOperationError as err:
+                    self.stats["failure_write_errors"] += 1
+                    log.warning("could not write %s[%d]@%d to %s (%s); retrying in %.1fs; the partition does "
+                                "not commit past it", st.topic, st.partition, m.offset(), topic, err, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._dlq_pending(-1)
+        log.warning("%s %s[%d]@%d -> %s: %s: %s", reason, st.topic, st.partition, m.offset(), topic, etype, emsg)
+        if complete and self._store is not None and idem_key is not None:
+            await self._store.complete(idem_key)
+        return "quarantined" if reason == "quarantine" else "dead_lettered"
+
+    # ------------------------------------------------------------------ metrics hooks
+    def _metric(self, name: str, **labels: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name, **labels)
+
+    def _observe_duration(self, topic: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_handler(topic, seconds)
+
+    def _metric_gauge_paused(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_paused(sum(1 for s in self._states.values() if s.paused))
+
+    def _dlq_pending(self, delta: int) -> None:
+        self.stats["failure_writes_pending"] += delta
+        if self.metrics is not None:
+            self.metrics.set_dlq_pending(self.stats["failure_writes_pending"])
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event, data)
+            except Exception:
+                log.exception("on_event hook failed")
+
+    # ------------------------------------------------------------------ shutdown
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if not self.install_signals or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, frame: object) -> None:
+            hard = self._stop.is_set()
+            log.warning("signal %d: %s", signum, "leaving now" if hard else "draining (signal again to leave now)")
+            self.stop(hard=hard)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _all_idle(self) -> bool:
+        return all(st.idle for st in self._states.values())
+
+    def _shutdown(self, consumer: Any) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        try:
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.pause(assignment)
+        except KafkaException:
+            pass
+        while not self._hard_stop.is_set() and time.monotonic() < deadline:
+            if self._call(self._all_idle):
+                break
+            self._poll_once(consumer, 1, 0.05)
+        self._commit(asynchronous=False)
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer: %s", exc)
+
+    def _teardown(self) -> None:
+        if self._producer is not None:
+            left = self._producer.close(10)
+            if left:
+                log.error("%d failure-topic records were not acknowledged at shutdown", left)
+        if self._loop_thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._store_pool.shutdown(wait=True)
+        if self.app.idempotency is not None:
+            self.app.idempotency.close()
+        log.info("worker %s stopped: %s", self.worker_id, dict(self.stats))
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

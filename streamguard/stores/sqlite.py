@@ -1,0 +1,272 @@
+"""SQLite idempotency store: the embedded default, shared by the worker processes of one host.
+
+Connections, and why:
+
+* Bookkeeping (claim / complete / release ...) goes through **one connection guarded by a lock**. SQLite
+  admits one writer per file anyway, so a connection per thread would add no write throughput; it would
+  only turn in-process contention into SQLITE_BUSY waits, which SQLite resolves by *sleeping* (1..100 ms
+  steps), while a Python lock hands over at once. Batches (``claim_many`` / ``complete_many``) are one
+  ``BEGIN IMMEDIATE`` transaction each, which is what keeps the store off the throughput critical path.
+* ``transaction()`` takes a **separate connection** from a small free list, because user code runs inside
+  it for as long as it likes and must not hold the bookkeeping lock meanwhile. It starts with
+  ``BEGIN IMMEDIATE`` (the write lock is taken up front, so a read-then-write cannot fail with
+  SQLITE_BUSY_SNAPSHOT halfway). While it is open, other writers -- in this process or others -- wait up to
+  ``busy_timeout``; keep those transactions short and do not call the store from inside one.
+
+Other processes (a restarted worker) open the same file; WAL lets them read while one writes, and the
+delivery counter is committed before the handler runs, so a new process sees every crash.
+``synchronous=NORMAL`` in WAL mode survives process crashes (SIGKILL) but may lose the last commits on
+power loss; that trade is the usual one for WAL and is what makes per-batch commits cheap.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from streamguard.core.idempotency import (
+    ClaimOutcome,
+    KeyRecord,
+    RecordStatus,
+    transition_claim,
+    transition_complete,
+    transition_release,
+    transition_renew,
+    unique_keys,
+)
+from streamguard.errors import LeaseLost, StreamguardError
+
+__all__ = ["SqliteStore"]
+
+TABLE = "streamguard_idempotency"
+_COLUMNS = "key, status, owner, lease_expires, deliveries, completed_at, updated_at"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    owner TEXT,
+    lease_expires REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    completed_at REAL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {TABLE}_done_idx ON {TABLE} (completed_at) WHERE status = 'done';
+"""
+_UPSERT = (
+    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+    "status = excluded.status, owner = excluded.owner, lease_expires = excluded.lease_expires, "
+    "deliveries = excluded.deliveries, completed_at = excluded.completed_at, updated_at = excluded.updated_at"
+)
+_CHUNK = 500  # keys per SELECT ... IN (...), well under SQLite's bound-variable limit
+
+
+def _row(key: str, rec: KeyRecord) -> tuple[object, ...]:
+    return (key, rec.status.value, rec.owner, rec.lease_expires, rec.deliveries, rec.completed_at, rec.updated_at)
+
+
+class SqliteStore:
+    """Idempotency store in one SQLite file (WAL); thread-safe and shareable between processes."""
+
+    supports_transactions = True
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._txn_lock = threading.Lock()
+        self._txn_idle: list[sqlite3.Connection] = []
+
+    def __enter__(self) -> SqliteStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections ---------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves instead of the module's
+        # implicit deferred transactions.
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            try:
+                # Statement by statement: executescript() would COMMIT the BEGIN IMMEDIATE first.
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        with self._txn_lock:
+            idle, self._txn_idle = self._txn_idle, []
+        for conn in idle:
+            conn.close()
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StreamguardError(f"SqliteStore({str(self.path)!r}) is not open; call open() first")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction on the bookkeeping connection, under the lock."""
+        with self._lock:
+            conn = self._require()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, KeyRecord]:
+        found: dict[str, KeyRecord] = {}
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key, status, owner, expires, deliveries, completed, updated in conn.execute(
+                f"SELECT {_COLUMNS} FROM {TABLE} WHERE key IN ({marks})", chunk
+            ):
+                found[key] = KeyRecord(RecordStatus(status), owner, expires, deliveries, completed, updated)
+        return found
+
+    # -- the protocol --------------------------------------------------------------------------------
+
+    def claim(self, key: str, owner: str, lease_seconds: float) -> ClaimOutcome:
+        return self.claim_many([key], owner, lease_seconds)[0]
+
+    def claim_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> list[ClaimOutcome]:
+        uniq = unique_keys(keys)
+        results: dict[str, ClaimOutcome] = {}
+        with self._write() as conn:
+            now = self._clock()
+            current = self._read(conn, uniq)
+            writes = []
+            for key in uniq:
+                new, results[key] = transition_claim(current.get(key), owner, now, lease_seconds)
+                if new is not None:
+                    writes.append(_row(key, new))
+            conn.executemany(_UPSERT, writes)
+        return [results[k] for k in keys]
+
+    def complete(self, key: str, owner: str) -> bool:
+        return self.complete_many([key], owner)[0]
+
+    def complete_many(self, keys: Sequence[str], owner: str) -> list[bool]:
+        uniq = unique_keys(keys)
+        results: dict[str, bool] = {}
+        with self._write() as conn:
+            now = self._clock()
+            current = self._read(conn, uniq)
+            writes = []
+            for key in uniq:
+                new, results[key] = transition_complete(current.get(key), owner, now)
+                if new is not None:
+                    writes.append(_row(key, new))
+            conn.executemany(_UPSERT, writes)
+        return [results[k] for k in keys]
+
+    def release(self, key: str, owner: str) -> None:
+        with self._write() as conn:
+            new = transition_release(self._read(conn, [key]).get(key), owner, self._clock())
+            if new is not None:
+                conn.execute(_UPSERT, _row(key, new))
+
+    def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        with self._write() as conn:
+            new = transition_renew(self._read(conn, [key]).get(key), owner, self._clock(), lease_seconds)
+            if new is not None:
+                conn.execute(_UPSERT, _row(key, new))
+            return new is not None
+
+    def deliveries(self, key: str) -> int:
+        with self._lock:
+            row = self._require().execute(f"SELECT deliveries FROM {TABLE} WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def reset_deliveries(self, key: str) -> None:
+        with self._write() as conn:
+            conn.execute(f"UPDATE {TABLE} SET deliveries = 0, updated_at = ? WHERE key = ?", (self._clock(), key))
+
+    def cleanup(self, older_than_seconds: float) -> int:
+        with self._write() as conn:
+            cur = conn.execute(
+                f"DELETE FROM {TABLE} WHERE status = 'done' AND completed_at < ?",
+                (self._clock() - older_than_seconds,),
+            )
+            return cur.rowcount
+
+    def transaction(self, key: str, owner: str) -> AbstractContextManager[sqlite3.Connection]:
+        """Yield a connection inside BEGIN IMMEDIATE; on exit mark ``key`` DONE and COMMIT both, or roll back.
+
+        Raises LeaseLost (after rolling back) when another owner holds a live claim or completed the key.
+        Do not call ``commit()``/``rollback()`` on the yielded connection: that would split effect and mark.
+        """
+        self._require()
+        return self._transaction(key, owner)
+
+    @contextmanager
+    def _transaction(self, key: str, owner: str) -> Iterator[sqlite3.Connection]:
+        conn = self._take_txn_conn()
+        ok = False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                new, marked = transition_complete(self._read(conn, [key]).get(key), owner, self._clock())
+                if not marked:
+                    raise LeaseLost(key, owner)
+                if new is not None:
+                    conn.execute(_UPSERT, _row(key, new))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            ok = True
+        finally:
+            self._give_txn_conn(conn, reusable=ok or not conn.in_transaction)
+
+    def _take_txn_conn(self) -> sqlite3.Connection:
+        with self._txn_lock:
+            if self._txn_idle:
+                return self._txn_idle.pop()
+        return self._connect()
+
+    def _give_txn_conn(self, conn: sqlite3.Connection, *, reusable: bool) -> None:
+        with self._txn_lock:
+            if reusable and self._conn is not None:
+                self._txn_idle.append(conn)
+                return
+        conn.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
