@@ -12,20 +12,23 @@ from confluent_kafka import Consumer, Producer
 def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
                 headers: list[tuple[str, bytes]] | None = None, partition: int | None = None,
                 extra: dict[str, Any] | None = None) -> list[tuple[int, int]]:
-    """Produce with acks=all and idempotence; return (partition, offset) of every acknowledged record."""
-    acked: list[tuple[int, int]] = []
+    """Produce with acks=all and idempotence; return (partition, offset) of every record, in produce order."""
+    acked: dict[int, tuple[int, int]] = {}
     errors: list[Any] = []
 
-    def cb(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(err)
-        else:
-            acked.append((msg.partition(), msg.offset()))
+    def callback(i: int) -> Any:
+        def cb(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                acked[i] = (msg.partition(), msg.offset())
+
+        return cb
 
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
                   **(extra or {})})
-    for key, value in records:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": cb}
+    for i, (key, value) in enumerate(records):
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": callback(i)}
         if headers:
             kwargs["headers"] = headers
         if partition is not None:
@@ -40,7 +43,7 @@ def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None
     remaining = p.flush(60)
     assert remaining == 0, f"{remaining} records not delivered"
     assert not errors, errors
-    return acked
+    return [acked[i] for i in range(len(acked))]
 
 
 def consume_n(bootstrap: str, topic: str, n: int, timeout: float = 60.0, group: str | None = None) -> list[Any]:

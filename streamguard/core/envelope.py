@@ -18,7 +18,7 @@ Which ``streamguard.*`` headers survive a second trip (DLQ -> replay -> failure 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from streamguard import errors
@@ -51,6 +51,8 @@ __all__ = [
     "Envelope",
     "FailureInfo",
     "Header",
+    "HeaderValue",
+    "HeadersIn",
     "dead_letter_headers",
     "describe_error",
     "parse_envelope",
@@ -100,8 +102,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024
 DEFAULT_MAX_STACK_BYTES = 16 * 1024
 _TRUNCATED = "...[truncated]"
 
-Header = tuple[str, bytes | None]
-"""A Kafka header as clients hand it over; the value may be None, which is kept as is."""
+Header = tuple[str, bytes]
+"""A header as streamguard produces it."""
+HeaderValue = str | bytes | None
+HeadersIn = Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue] | None
+"""Headers as Kafka clients hand them over (confluent-kafka's shapes). A ``str`` value is taken as UTF-8 and a
+null value becomes ``b""``: the producer takes bytes, and no streamguard header is ever null."""
 
 
 @dataclass(slots=True)
@@ -211,7 +217,7 @@ def record_size(key_len: int, value_len: int, headers: Sequence[Header]) -> int:
     """Estimate a record's size as the broker counts it against ``max.message.bytes`` (an upper bound)."""
     size = key_len + value_len + RECORD_OVERHEAD_BYTES
     for name, value in headers:
-        size += len(name.encode()) + (len(value) if value is not None else 0) + HEADER_OVERHEAD_BYTES
+        size += len(name.encode()) + len(value) + HEADER_OVERHEAD_BYTES
     return size
 
 
@@ -241,11 +247,24 @@ def _cut_tail(text: str, max_bytes: int) -> str:
     return _TRUNCATED + "\n" + raw[len(raw) - (max_bytes - len(marker)):].decode("utf-8", errors="ignore")
 
 
-def _kept_originals(original: Sequence[Header] | None) -> list[Header]:
+def _items(headers: HeadersIn) -> list[tuple[str, HeaderValue]]:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+
+
+def _as_bytes(value: HeaderValue) -> bytes:
+    if value is None:
+        return b""
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _kept_originals(original: HeadersIn) -> list[Header]:
     """The original headers, in order, minus the previous failure's ``streamguard.*`` headers."""
     kept: list[Header] = []
     have_key = False
-    for name, value in original or ():
+    for name, raw in _items(original):
+        value = _as_bytes(raw)
         if name == H_IDEMPOTENCY_KEY:
             if have_key:
                 continue  # one identity only: the first key wins
@@ -277,7 +296,7 @@ def _fit(
     stack_len = len(stack.encode())
     if msg_len + stack_len <= room:
         return message, stack
-    pass
+    stack = _cut_tail(stack, max(0, room - msg_len))
     if msg_len + len(stack.encode()) <= room:
         return message, stack
     # Still too big with no stack at all: the message goes next. Below zero room the original record alone
@@ -315,7 +334,7 @@ def _failure_headers(
 
 
 def _assemble(
-    original: Sequence[Header] | None,
+    original: HeadersIn,
     extra: list[Header],
     info: FailureInfo | None,
     *,
@@ -341,7 +360,7 @@ def _assemble(
 
 
 def dead_letter_headers(
-    original: Sequence[Header] | None,
+    original: HeadersIn,
     *,
     source_topic: str,
     partition: int,
@@ -369,7 +388,7 @@ def dead_letter_headers(
 
 
 def retry_headers(
-    original: Sequence[Header] | None,
+    original: HeadersIn,
     *,
     source_topic: str,
     partition: int,
@@ -411,14 +430,15 @@ _INT_FIELDS = {
 }
 
 
-def parse_envelope(headers: Sequence[Header] | None) -> Envelope:
+def parse_envelope(headers: HeadersIn) -> Envelope:
     """Read the ``streamguard.*`` headers; malformed or null values read as absent instead of raising,
     because ops tools must still be able to inspect and replay a damaged record."""
     env = Envelope()
     seen: set[str] = set()
-    for name, value in headers or ():
-        if value is None or name in seen:
+    for name, raw in _items(headers):
+        if raw is None or name in seen:
             continue  # the first occurrence wins, as in _kept_originals
+        value = _as_bytes(raw)
         if name in _STR_FIELDS:
             seen.add(name)
             setattr(env, _STR_FIELDS[name], value.decode("utf-8", errors="replace"))
@@ -431,11 +451,11 @@ def parse_envelope(headers: Sequence[Header] | None) -> Envelope:
     return env
 
 
-def strip_envelope(headers: Sequence[Header] | None) -> list[Header]:
+def strip_envelope(headers: HeadersIn) -> list[Header]:
     """The headers to replay a DLQ/quarantine record with: the originals, keeping only the idempotency key."""
     return [(name, value) for name, value in _kept_originals(headers) if name != H_REPLAYED_FROM]
 
 
-def replay_headers(headers: Sequence[Header] | None, *, topic: str, partition: int, offset: int) -> list[Header]:
+def replay_headers(headers: HeadersIn, *, topic: str, partition: int, offset: int) -> list[Header]:
     """``strip_envelope`` plus ``streamguard.replayed-from`` naming the DLQ record being replayed."""
     return [*strip_envelope(headers), (H_REPLAYED_FROM, _text(f"{topic}/{int(partition)}/{int(offset)}"))]

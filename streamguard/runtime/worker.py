@@ -725,7 +725,12 @@ class Worker:
             if left:
                 log.error("%d failure-topic records were not acknowledged at shutdown", left)
         if self._loop_thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            def cancel_all() -> None:
+                for task in asyncio.all_tasks(self._loop):
+                    task.cancel()
+                self._loop.call_soon(self._loop.stop)
+
+            self._loop.call_soon_threadsafe(cancel_all)
             self._loop_thread.join(5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._store_pool.shutdown(wait=True)

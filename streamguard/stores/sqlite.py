@@ -106,12 +106,14 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
             try:
-                # Statement by statement: executescript() would COMMIT the BEGIN IMMEDIATE first.
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("COMMIT")
+                exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+                if exists.fetchone() is None:  # a read, so opening never waits behind another process's writer
+                    # Statement by statement: executescript() would COMMIT the BEGIN IMMEDIATE first.
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("COMMIT")
             except BaseException:
                 conn.close()
                 raise

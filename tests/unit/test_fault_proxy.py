@@ -195,7 +195,7 @@ def test_slicer_delivers_every_byte_in_pieces(proxy: FaultProxy) -> None:
     payload = os.urandom(2000)
     with connect(proxy.listen_port) as sock:
         sock.sendall(payload)
-        pieces = []
+        pieces: list[bytes] = []
         while sum(map(len, pieces)) < len(payload):
             pieces.append(sock.recv(65536))
             assert pieces[-1], "closed early"

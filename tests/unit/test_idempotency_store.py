@@ -358,7 +358,11 @@ def test_concurrent_claims_acquire_exactly_once(backend: Backend, clock: FakeClo
     stores = [backend.make(clock)] * 8 if sharing == "one store" else [backend.make(clock) for _ in range(8)]
     for round_ in range(10):
         key = f"hot-{round_}"
-        outcomes = _race(8, lambda i, key=key: stores[i].claim(key, f"owner-{i}", LEASE))
+
+        def work(i: int, key: str = key) -> ClaimOutcome:
+            return stores[i].claim(key, f"owner-{i}", LEASE)
+
+        outcomes = _race(8, work)
         statuses = sorted(o.status for o in outcomes)
         assert statuses == [ACQUIRED] + [BUSY] * 7, outcomes
         assert stores[0].deliveries(key) == 1
