@@ -55,4 +55,9 @@ def register(sub: Any) -> None:
     run.add_argument("--log-level", default=os.environ.get("STREAMGUARD_LOG_LEVEL", "INFO"))
     run.add_argument("--log-json", action="store_true", default=os.environ.get("STREAMGUARD_LOG_JSON") == "1")
     run.set_defaults(func=_cmd_run)
+
+    from streamguard.chaos.cli import register_cli
+
+    chaos = sub.add_parser("chaos", help="fault injection: a Toxiproxy-style TCP proxy")
+    register_cli(chaos.add_subparsers(dest="chaos_cmd", required=True))
     _ = logging

@@ -42,17 +42,17 @@ def _build(cls: Any, config: Mapping[str, Any], role: str) -> Any:
 
 
 def make_consumer(config: Mapping[str, Any]) -> Consumer:
-    return _build(Consumer, config, "consumer")  # type: ignore[no-any-return]
+    return _build(Consumer, config, "consumer")
 
 
 def make_producer(config: Mapping[str, Any]) -> Producer:
-    return _build(Producer, config, "producer")  # type: ignore[no-any-return]
+    return _build(Producer, config, "producer")
 
 
 def make_admin(config: Mapping[str, Any]) -> AdminClient:
     allowed = {k: v for k, v in config.items() if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.",
                                                                  "client.", "socket.", "log", "metadata."))}
-    return _build(AdminClient, allowed, "admin")  # type: ignore[no-any-return]
+    return _build(AdminClient, allowed, "admin")
 
 
 def wait_for_cluster(admin: AdminClient, timeout: float, bootstrap: str) -> Any:

@@ -52,7 +52,7 @@ class ReliableProducer:
             if err is not None:
                 fut.set_exception(KafkaOperationError(f"write to {topic} failed: {err.str()}"))
             else:
-                fut.set_result((msg.partition(), msg.offset()))
+                fut.set_result((msg.partition() or 0, msg.offset() or 0))
 
         kwargs: dict[str, Any] = {"value": value, "key": key, "headers": headers, "on_delivery": delivered}
         if partition is not None:

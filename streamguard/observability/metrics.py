@@ -93,4 +93,7 @@ class Metrics:
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's gauges so a worker does not keep reporting partitions it lost."""
         for gauge in (self.inflight_messages, self.consumer_lag):
-            gauge.remove(topic, str(partition))
+            try:
+                gauge.remove(topic, str(partition))
+            except KeyError:
+                pass  # never set for this partition

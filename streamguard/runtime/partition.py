@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamguard.core.offsets import OffsetTracker
 from streamguard.core.scheduler import KeyScheduler
 
 if TYPE_CHECKING:
-    from confluent_kafka import Message
-
     from streamguard.app import HandlerSpec
 
 _epochs = itertools.count(1)
@@ -34,7 +32,7 @@ class PartitionState:
         self.spec = spec
         self.epoch = next(_epochs)
         self.tracker = OffsetTracker(committed, preresolved)
-        self.scheduler: KeyScheduler[Message] = KeyScheduler(spec.concurrency, spec.max_buffered)
+        self.scheduler: KeyScheduler[Any] = KeyScheduler(spec.concurrency, spec.max_buffered)
         self.revoked = False
         self.draining = False
         self.paused = False

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from streamguard.context import Context
 from streamguard.core.envelope import FailureInfo, dead_letter_headers, describe_error
@@ -73,7 +73,12 @@ class Worker:
         self.worker_id = worker_id or app.worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.install_signals = install_signals
         self.stats: collections.Counter[str] = collections.Counter()
-        self.metrics = metrics
+        from streamguard.observability.metrics import Metrics
+
+        self.metrics: Metrics = metrics or Metrics()
+        for spec in app.handlers.values():
+            for breaker in spec.breakers:
+                breaker.add_listener(self.metrics.breaker_changed)
         self._states: dict[tuple[str, int], PartitionState] = {}
         self._control: queue.SimpleQueue[tuple[str, PartitionState]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -216,6 +221,7 @@ class Worker:
                 self._poll_once(consumer, s.poll_batch, s.poll_timeout)
                 if time.monotonic() >= next_commit:
                     self._commit(asynchronous=True)
+                    self._update_gauges()
                     next_commit = time.monotonic() + s.commit_interval
             self._shutdown(consumer)
         finally:
@@ -290,7 +296,7 @@ class Worker:
                     if tp.error is None:
                         self._acked[(tp.topic, tp.partition)] = (tp.offset, tp.metadata or "")
             self.stats["commits_ok"] += 1
-            self._metric("commits_total", result="ok")
+            self.metrics.commits.labels(result="ok").inc()
         except KafkaException as exc:
             for tp in offsets:
                 self._acked.pop((tp.topic, tp.partition), None)
@@ -298,7 +304,7 @@ class Worker:
             if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
                 return
             self.stats["commits_failed"] += 1
-            self._metric("commits_total", result="failed")
+            self.metrics.commits.labels(result="failed").inc()
             log.warning("commit failed (will retry): %s", err)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -321,6 +327,7 @@ class Worker:
         self._call(self._install, infos)
         self._ready.set()
         self.stats["assigned"] += len(partitions)
+        self.metrics.rebalances.labels(kind="assigned").inc()
         self._emit("assigned", {"partitions": [(tp.topic, tp.partition) for tp in partitions]})
         log.info("assigned %s", [f"{t}[{p}]@{o}" for t, p, o, _ in infos])
 
@@ -357,6 +364,9 @@ class Worker:
         for k in keys:
             self._acked.pop(k, None)
         self.stats["revoked"] += len(keys)
+        self.metrics.rebalances.labels(kind="revoked").inc()
+        for topic, partition in keys:
+            self.metrics.forget_partition(topic, partition)
         log.info("revoked %s (committed %s)", sorted(keys), [(tp.partition, tp.offset) for tp in offsets])
 
     def _begin_revoke(self, keys: set[tuple[str, int]]) -> list[asyncio.Event]:
@@ -387,6 +397,7 @@ class Worker:
         for k in keys:
             self._acked.pop(k, None)
         self.stats["lost"] += len(keys)
+        self.metrics.rebalances.labels(kind="lost").inc()
         self._emit("lost", {"partitions": sorted(keys)})
         log.warning("partitions lost (not committed): %s", sorted(keys))
 
@@ -405,7 +416,7 @@ class Worker:
             st.drained.set()
 
     # ------------------------------------------------------------------ dispatch (loop thread)
-    def _dispatch(self, msgs: list[Message]) -> None:
+    def _dispatch(self, msgs: list[Any]) -> None:
         touched: dict[tuple[str, int], PartitionState] = {}
         states = self._states
         for m in msgs:
@@ -461,7 +472,7 @@ class Worker:
             st.drained.set()
 
     # ------------------------------------------------------------------ one message (loop thread)
-    async def _process(self, st: PartitionState, key: Any, m: Message) -> None:
+    async def _process(self, st: PartitionState, key: Any, m: Any) -> None:
         try:
             outcome = await self._handle(st, m)
         except Exception:  # a bug in streamguard itself: never lose the message, never commit past it
@@ -473,7 +484,7 @@ class Worker:
             self.stats["fenced"] += 1
             return
         self.stats[outcome] += 1
-        self._metric("messages_total", topic=st.topic, outcome=outcome)
+        self._count(outcome, st.topic)
         self._resolve(st, key, m.offset())
 
     def _idempotency_key(self, spec: HandlerSpec, model: Any, ctx: Context) -> str:
@@ -484,7 +495,7 @@ class Worker:
             return hdr.decode("utf-8", "replace")
         return f"{ctx.topic}/{ctx.partition}/{ctx.offset}"
 
-    async def _handle(self, st: PartitionState, m: Message) -> str | None:
+    async def _handle(self, st: PartitionState, m: Any) -> str | None:
         spec = st.spec
         value = m.value()
         ctx = Context(st.topic, st.partition, m.offset(), m.key(), m.headers(), m.timestamp()[1], 0,
@@ -523,7 +534,7 @@ class Worker:
                 suspect = claim.deliveries >= 2
         return await self._attempts(st, m, model, ctx, suspect)
 
-    async def _attempts(self, st: PartitionState, m: Message, model: Any, ctx: Context, suspect: bool) -> str | None:
+    async def _attempts(self, st: PartitionState, m: Any, model: Any, ctx: Context, suspect: bool) -> str | None:
         spec = st.spec
         policy = spec.retry or DEFAULT_RETRY
         first_failure: float | None = None
@@ -568,7 +579,7 @@ class Worker:
                                               complete=True, first_failure=first_failure)
                 retried = True
                 self.stats["retries"] += 1
-                self._metric("retries_total", topic=st.topic)
+                self.metrics.retries.labels(topic=st.topic).inc()
                 await asyncio.sleep(decision.delay)
                 continue
             finally:
@@ -602,7 +613,7 @@ class Worker:
             else:
                 await asyncio.wait_for(fut, timeout)
         except TimeoutError as exc:
-            if isinstance(exc, HandlerTimeout) or fut.done() and not fut.cancelled():
+            if isinstance(exc, HandlerTimeout) or (fut.done() and not fut.cancelled()):
                 raise
             raise HandlerTimeout(f"handler {spec.name} ran past its timeout of {timeout}s "
                                  "(sync handlers cannot be interrupted; its thread runs on)") from None
@@ -618,7 +629,7 @@ class Worker:
             except Exception as exc:
                 log.warning("could not release claim %s: %s", ctx.idempotency_key, exc)
 
-    async def _divert(self, st: PartitionState, m: Message, topic: str, reason: str, exc: BaseException,
+    async def _divert(self, st: PartitionState, m: Any, topic: str, reason: str, exc: BaseException,
                       attempts: int, idem_key: str | None, *, complete: bool = False,
                       first_failure: float | None = None) -> str | None:
         """Write the original record to the DLQ or quarantine topic; wait for the ack, retrying forever."""
@@ -656,22 +667,36 @@ class Worker:
         return "quarantined" if reason == "quarantine" else "dead_lettered"
 
     # ------------------------------------------------------------------ metrics hooks
-    def _metric(self, name: str, **labels: str) -> None:
-        if self.metrics is not None:
-            self.metrics.inc(name, **labels)
+    def _count(self, outcome: str, topic: str) -> None:
+        if outcome in ("preresolved_skipped", "fenced"):
+            return
+        self.metrics.message_resolved(topic, outcome)
 
     def _observe_duration(self, topic: str, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_handler(topic, seconds)
+        self.metrics.handler_duration.labels(topic=topic).observe(seconds)
 
     def _metric_gauge_paused(self) -> None:
-        if self.metrics is not None:
-            self.metrics.set_paused(sum(1 for s in self._states.values() if s.paused))
+        self.metrics.paused_partitions.set(sum(1 for s in self._states.values() if s.paused))
 
     def _dlq_pending(self, delta: int) -> None:
         self.stats["failure_writes_pending"] += delta
-        if self.metrics is not None:
-            self.metrics.set_dlq_pending(self.stats["failure_writes_pending"])
+        self.metrics.dlq_produce_pending.set(self.stats["failure_writes_pending"])
+
+    def _gauges(self) -> list[tuple[str, int, int, int | None]]:
+        """(loop thread) (topic, partition, in-flight, committable) of every assigned partition."""
+        return [(st.topic, st.partition, st.scheduler.buffered, st.tracker.committable())
+                for st in self._states.values()]
+
+    def _update_gauges(self) -> None:
+        """(poll thread) In-flight and lag gauges; lag from the cached high watermark of the last fetch."""
+        for topic, partition, buffered, committed in self._call(self._gauges):
+            self.metrics.inflight_messages.labels(topic=topic, partition=str(partition)).set(buffered)
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0 and committed is not None:
+                self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, high - committed))
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         if self.on_event is not None:
