@@ -65,7 +65,7 @@ class Settings:
     max_inflight_total: int = 10_000
     sync_threads: int = 32
     metadata_max_bytes: int = 4000
-    lease_seconds: float = 60.0
+    lease_seconds: float = 30.0
     auto_offset_reset: str = "earliest"
     create_failure_topics: bool = True
     failure_topic_replication: int = -1

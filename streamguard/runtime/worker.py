@@ -89,6 +89,7 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.sync_threads, "streamguard-handler")
         self._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store")
         self._buffered_total = 0
+        self._keys_in_flight: dict[str, asyncio.Event] = {}
         self._gate: SoloGate | None = None
         self._acked: dict[tuple[str, int], tuple[int, str]] = {}
         self._last_poll = time.monotonic()
@@ -514,8 +515,35 @@ class Worker:
         except Exception as exc:
             return await self._divert(st, m, spec.quarantine, "quarantine", exc, 0, None)
         store = self._store
+        if store is None:
+            return await self._attempts(st, m, model, ctx, gate_held=False)
+        # one delivery per idempotency key at a time inside this worker; the store fences other workers
+        key = ctx.idempotency_key
+        while key in self._keys_in_flight:
+            await self._keys_in_flight[key].wait()
+        self._keys_in_flight[key] = asyncio.Event()
+        try:
+            return await self._claim_and_run(st, m, model, ctx)
+        finally:
+            self._keys_in_flight.pop(key).set()
+
+    async def _claim_and_run(self, st: PartitionState, m: Any, model: Any, ctx: Context) -> str | None:
+        """Claim the idempotency key, enforce the crash-loop limit, run.
+
+        A message already delivered before without resolving is a *suspect*: it takes the worker's solo
+        gate *before* its claim bumps the delivery counter, so a crash while it runs alone is blamed on
+        it only, and innocent messages that merely shared a crash never reach the limit.
+        """
+        spec = st.spec
+        store = self._store
+        gate = self._gate
+        assert store is not None and gate is not None
         suspect = False
-        if store is not None:
+        if spec.max_deliveries is not None:
+            suspect = int(await store.call("deliveries", ctx.idempotency_key)) >= 1
+        if suspect:
+            await gate.exclusive()
+        try:
             while True:
                 claim = await store.claim(ctx.idempotency_key)
                 if st.revoked:
@@ -525,16 +553,17 @@ class Worker:
                 if claim.status is ClaimStatus.ACQUIRED:
                     break
                 await asyncio.sleep(min(1.0, self.settings.lease_seconds / 4))  # BUSY: someone else holds it
-            if spec.max_deliveries is not None:
-                if claim.deliveries > spec.max_deliveries:
-                    exc2 = CrashLoopDetected(f"delivered {claim.deliveries - 1} times without resolving "
-                                             f"(max_deliveries={spec.max_deliveries})")
-                    return await self._divert(st, m, spec.quarantine, "quarantine", exc2, claim.deliveries - 1,
-                                              ctx.idempotency_key, complete=True)
-                suspect = claim.deliveries >= 2
-        return await self._attempts(st, m, model, ctx, suspect)
+            if spec.max_deliveries is not None and claim.deliveries > spec.max_deliveries:
+                exc2 = CrashLoopDetected(f"delivered {claim.deliveries - 1} times without resolving "
+                                         f"(max_deliveries={spec.max_deliveries})")
+                return await self._divert(st, m, spec.quarantine, "quarantine", exc2, claim.deliveries - 1,
+                                          ctx.idempotency_key, complete=True)
+            return await self._attempts(st, m, model, ctx, gate_held=suspect)
+        finally:
+            if suspect:
+                await gate.release_exclusive()
 
-    async def _attempts(self, st: PartitionState, m: Any, model: Any, ctx: Context, suspect: bool) -> str | None:
+    async def _attempts(self, st: PartitionState, m: Any, model: Any, ctx: Context, gate_held: bool) -> str | None:
         spec = st.spec
         policy = spec.retry or DEFAULT_RETRY
         first_failure: float | None = None
@@ -554,9 +583,7 @@ class Worker:
             attempt += 1
             ctx.attempt = attempt
             fn = spec.fallback if (wait is not None and spec.fallback is not None) else spec.fn
-            if suspect:
-                await gate.exclusive()
-            elif not gate.try_shared():
+            if not gate_held and not gate.try_shared():
                 await gate.shared()
             started = time.monotonic()
             try:
@@ -583,9 +610,7 @@ class Worker:
                 await asyncio.sleep(decision.delay)
                 continue
             finally:
-                if suspect:
-                    await gate.release_exclusive()
-                else:
+                if not gate_held:
                     await gate.release_shared()
                 self._observe_duration(st.topic, time.monotonic() - started)
             if self._store is not None and not ctx.transaction_used:
