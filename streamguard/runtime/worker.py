@@ -41,6 +41,7 @@ from streamguard.errors import (
     ConfigError,
     CrashLoopDetected,
     DecodeError,
+    HandlerSignal,
     HandlerTimeout,
     KafkaOperationError,
     MessageTooLarge,
@@ -591,9 +592,12 @@ class Worker:
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                if isinstance(exc, CircuitOpen):
+                outage = self._open_breaker_wait(spec)
+                if isinstance(exc, CircuitOpen) or (outage is not None and not isinstance(exc, HandlerSignal)):
+                    # the dependency is down: wait for it without burning an attempt (no DLQ flood)
                     attempt -= 1
-                    await asyncio.sleep(max(0.05, exc.retry_after))
+                    self.stats["breaker_waits"] += 1
+                    await asyncio.sleep(max(0.05, exc.retry_after if isinstance(exc, CircuitOpen) else outage or 0))
                     continue
                 now = time.time()
                 first_failure = first_failure or now
