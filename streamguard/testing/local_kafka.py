@@ -276,10 +276,10 @@ class LocalKafkaCluster:
             for node in self.nodes:
                 node.start()
             self.wait_ready(timeout)
-        except BaseException:
+        except BaseException as exc:
             tails = "\n".join(n.log_tail() for n in self.nodes)
             self.stop()
-            raise KafkaUnavailable(f"local Kafka ({self.size} node(s)) did not become ready:\n{tails}") from None
+            raise KafkaUnavailable(f"local Kafka ({self.size} node(s)) did not become ready ({exc!r}):\n{tails}") from None
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
