@@ -89,7 +89,8 @@ def main() -> int:
         print("\n=== summary ===")
         print(f"  processed (first try)      {s['ok']}")
         print(f"  processed after retries    {s['retried']}   (retries scheduled: {s['retries']})")
-        print(f"  dead-lettered              {s['dead_lettered']}   (orders.dlq: {plan['bad_amount']} bad amounts + retries exhausted)")
+        print(f"  dead-lettered              {s['dead_lettered']}   "
+              f"(orders.dlq: {plan['bad_amount']} bad amounts + retries exhausted)")
         print(f"  quarantined                {s['quarantined']}   (orders.quarantine; expected "
               f"{plan['undecodable']})")
         print(f"  duplicates skipped         {s['duplicate_skipped']}   (expected {plan['duplicates']})")

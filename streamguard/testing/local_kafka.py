@@ -279,7 +279,8 @@ class LocalKafkaCluster:
         except BaseException as exc:
             tails = "\n".join(n.log_tail() for n in self.nodes)
             self.stop()
-            raise KafkaUnavailable(f"local Kafka ({self.size} node(s)) did not become ready ({exc!r}):\n{tails}") from None
+            raise KafkaUnavailable(
+                f"local Kafka ({self.size} node(s)) did not become ready ({exc!r}):\n{tails}") from None
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
