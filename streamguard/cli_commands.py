@@ -38,9 +38,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         app.settings.http_port = args.http_port
     if args.workers > 1:
-        from streamguard.runtime.supervisor import Supervisor
-
-        return Supervisor(args.app, args.workers, argv=sys.argv).run()
+        raise ConfigError("--workers N (the multi-process supervisor) is not built yet; run N processes of "
+                          "`streamguard run` yourself: they share the consumer group")
     from streamguard.runtime.service import run_worker
 
     return run_worker(app)

@@ -44,6 +44,7 @@ from streamguard.errors import (
     HandlerSignal,
     HandlerTimeout,
     KafkaOperationError,
+    LeaseLost,
     MessageTooLarge,
     PermanentFailure,
     Quarantine,
@@ -592,6 +593,8 @@ class Worker:
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if isinstance(exc, LeaseLost):  # another owner took the key over and finished it
+                    return "duplicate_skipped"
                 outage = self._open_breaker_wait(spec)
                 if isinstance(exc, CircuitOpen) or (outage is not None and not isinstance(exc, HandlerSignal)):
                     # the dependency is down: wait for it without burning an attempt (no DLQ flood)
