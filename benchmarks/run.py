@@ -24,6 +24,7 @@ import asyncio
 import collections
 import cProfile
 import datetime
+import gc
 import io
 import itertools
 import json
@@ -57,16 +58,26 @@ KEYS = 10_000
 ZIPF_S = 1.1
 SLEEP = 0.005  # the 5 ms handler
 RUN_TIMEOUT = 150.0  # a run that has not finished by then is stopped and reported as failed
+STALL_TIMEOUT = 20.0  # ... and so is a streamguard run that resolves nothing for this long
 SEED = 20240601
 
-# default message counts (``--messages`` sets the no-op count, the others scale with it)
+# default message counts (``--messages`` sets the no-op count, the others scale with it); the 5 ms counts
+# give timed windows of about a second or more at the measured rates
 NOOP_MESSAGES = 60_000
-KEY_MESSAGES = 3_000
-SERIAL_MESSAGES = 600
+KEY_MESSAGES = 10_000
+SERIAL_MESSAGES = 1_200
 RAW_SERIAL_MESSAGES = 400
 
 log = logging.getLogger("benchmarks")
 
+
+# streamguard's default Settings.max_inflight_total is 10,000. With it, a partition paused because the
+# worker-wide budget was exceeded is never resumed if its own messages all resolve while the total is still
+# above 80% of the budget (resume is only considered when one of the partition's own messages resolves), so
+# the run stalls with that partition paused and nothing buffered. The prefetch of a benchmark overshoots
+# the budget easily, so by default the benchmark raises it out of the way (per-partition bulkheads still
+# apply); ``--max-inflight-total 10000`` reproduces the stall.
+MAX_INFLIGHT_TOTAL = 1_000_000
 
 # --------------------------------------------------------------------------------------------- systems
 @dataclass(frozen=True)
@@ -318,12 +329,14 @@ class StopAtCounter(collections.Counter):  # type: ignore[type-arg]
             self.probe.end()
 
 
-def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: Path) -> Any:
+def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: Path,
+             max_inflight_total: int = MAX_INFLIGHT_TOTAL) -> Any:
     from streamguard import App, Settings, SqliteStore
 
     store = SqliteStore(workdir / f"idem-{uuid.uuid4().hex[:8]}.db") if system.sqlite else None
     name = f"bench-{system.name}-{uuid.uuid4().hex[:8]}"
-    app = App(name, bootstrap, idempotency=store, settings=Settings(commit_interval=1.0))
+    settings = Settings(commit_interval=1.0, max_inflight_total=max_inflight_total)
+    app = App(name, bootstrap, idempotency=store, settings=settings)
     opts: dict[str, Any] = {"ordering": system.ordering, "concurrency": system.concurrency}
     if not system.sleep:
         opts.update(max_deliveries=None, timeout=None)
@@ -353,10 +366,10 @@ def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: 
 
 
 def run_sg(system: System, bootstrap: str, topic: str, rnd: int, workdir: Path,
-           profile: dict[str, cProfile.Profile] | None = None) -> Result:
+           profile: dict[str, cProfile.Profile] | None = None, max_inflight_total: int = MAX_INFLIGHT_TOTAL) -> Result:
     res = Result(system.name, rnd)
     probe = Probe()
-    app = build_sg(system, bootstrap, topic, probe, workdir)
+    app = build_sg(system, bootstrap, topic, probe, workdir, max_inflight_total)
     worker = app.worker(install_signals=False)
     worker.stats = probe.stats = StopAtCounter(system.messages, probe)
     if profile is not None:
@@ -376,9 +389,16 @@ def run_sg(system: System, bootstrap: str, topic: str, rnd: int, workdir: Path,
     thread = threading.Thread(target=target, name=f"bench-{system.name}", daemon=True)
     thread.start()
     deadline = wall0 + RUN_TIMEOUT
+    last_ok, last_change = -1, time.monotonic()
     while not probe.done.wait(0.2):
-        if not thread.is_alive() or time.monotonic() > deadline:
+        now = time.monotonic()
+        if worker.stats["ok"] != last_ok:
+            last_ok, last_change = worker.stats["ok"], now
+        if not thread.is_alive() or now > deadline or now - last_change > STALL_TIMEOUT:
             break
+    if not probe.done.is_set():
+        log.warning("%s: no progress (%d/%d resolved); partitions: %s", system.name, worker.stats["ok"],
+                    system.messages, _describe(worker))
     worker.stop(hard=True)  # the count is reached: leave now (resolved offsets are still committed)
     thread.join(60)
     if thread.is_alive():
@@ -386,11 +406,21 @@ def run_sg(system: System, bootstrap: str, topic: str, rnd: int, workdir: Path,
     elif errors:
         res.error = f"worker crashed: {errors[0]!r}"
     elif not probe.done.is_set():
-        res.error = f"only {worker.stats['ok']}/{system.messages} messages within {RUN_TIMEOUT:.0f}s"
+        res.error = f"stalled at {worker.stats['ok']}/{system.messages} messages"
     if probe.done.is_set() and probe.t0 is not None and probe.t1 is not None:
         _fill(res, system.messages, probe.t1 - probe.t0, probe.cpu1 - probe.cpu0, probe.commits1 - probe.commits0)
     res.wall_seconds = time.monotonic() - wall0
     return res
+
+
+def _describe(worker: Any) -> str:
+    """Best-effort snapshot of the worker's partitions (read from another thread: diagnostics only)."""
+    out = []
+    for (_topic, p), st in sorted(dict(worker._states).items()):
+        sc = st.scheduler
+        out.append(f"[{p}] paused={st.paused} buffered={sc.buffered} running={sc.running} "
+                   f"commit={st.tracker.committable()} last_fetched={getattr(st.tracker, '_last', '?')}")
+    return "; ".join(out) + f"; stats={dict(worker.stats)}"
 
 
 def _profile_threads(worker: Any, profile: dict[str, cProfile.Profile]) -> None:
@@ -472,7 +502,7 @@ def machine_info(external: bool) -> dict[str, Any]:
                 break
     return {
         "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
+        "confluent_kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0],
         "kafka": "external cluster (STREAMGUARD_BOOTSTRAP)" if external else f"Apache Kafka {KAFKA_VERSION}, "
                  "1 KRaft node (LocalKafkaCluster(1)) on the same machine",
         "platform": platform.platform(),
@@ -513,8 +543,13 @@ def write_doc(path: Path, command: str, info: dict[str, Any], config: dict[str, 
         "committed after processing, about once a second). A run is timed from the first message the system "
         "receives until it has processed its message count (systems with smaller counts read a prefix of "
         "the topic); start-up (group join) and shutdown are outside the window.",
-        "- Streamguard runs with `Settings(commit_interval=1.0)`; the no-op handlers use `max_deliveries=None, "
-        "timeout=None`, the 5 ms handlers the defaults (`timeout=30`). The end of a streamguard run is the moment "
+        "- Streamguard runs with `Settings(commit_interval=1.0, max_inflight_total="
+        f"{config['max_inflight_total']:,})`: with the default budget of 10,000 in-flight messages a partition "
+        "paused for the worker-wide budget can stay paused for good once its own messages are resolved "
+        "(resume is only considered when one of them resolves), which stalled the no-op runs; the raised budget "
+        "keeps that path out of the way (per-partition bulkheads still apply). The no-op handlers use "
+        "`max_deliveries=None, timeout=None`, the 5 ms handlers the defaults (`timeout=30`). The end of a "
+        "streamguard run is the moment "
         "`worker.stats[\"ok\"]` reaches the count; the worker is then stopped.",
         "- `concurrency` is per partition: the key-level systems use `ceil(N/6)` per partition for N concurrent "
         "keys worker-wide and are compared with the bound N / 5 ms.",
@@ -582,6 +617,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None, help="runs per system (default 3, --quick 1)")
     p.add_argument("--messages", type=int, default=None,
                    help=f"messages of the no-op systems (default {NOOP_MESSAGES:,}); the 5 ms systems scale with it")
+    p.add_argument("--max-inflight-total", type=int, default=MAX_INFLIGHT_TOTAL,
+                   help=f"Settings.max_inflight_total of the streamguard workers (default {MAX_INFLIGHT_TOTAL:,}; "
+                   "streamguard's own default, 10,000, stalls: see MAX_INFLIGHT_TOTAL in this file)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these systems (no report is written)")
     p.add_argument("--profile", metavar="NAME", help="run NAME once under cProfile and print the top 15 lines "
                    "per thread (no report is written)")
@@ -662,7 +700,8 @@ def _main(args: argparse.Namespace, systems: list[System], runs: int, bootstrap:
             if s.kind == "raw":
                 r = run_raw(s, bootstrap, topic, rnd)
             else:
-                r = run_sg(s, bootstrap, topic, rnd, workdir, profile)
+                r = run_sg(s, bootstrap, topic, rnd, workdir, profile, args.max_inflight_total)
+                gc.collect()  # free the finished worker's clients now (not timed)
             r.rss_mb_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             results.append(r)
             status = r.error or ""
@@ -689,7 +728,7 @@ def _main(args: argparse.Namespace, systems: list[System], runs: int, bootstrap:
     config = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "runs": runs,
               "command": command, "uniform_messages": sizes["uniform"], "zipf_messages": sizes["zipf"],
               "partitions": PARTITIONS, "value_bytes": VALUE_BYTES, "keys": KEYS, "zipf_s": ZIPF_S,
-              "handler_sleep_s": SLEEP, "seed": SEED}
+              "handler_sleep_s": SLEEP, "seed": SEED, "max_inflight_total": args.max_inflight_total}
     write_doc(DOC, command, info, config, systems, summary, targets, peak_rss_mb, total_s, zipf_stats)
     RESULTS.write_text(json.dumps({
         "config": config, "machine": info, "systems": [asdict(s) for s in systems],

@@ -92,6 +92,7 @@ class Worker:
         self._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store")
         self._buffered_total = 0
         self._keys_in_flight: dict[str, asyncio.Event] = {}
+        self._paused_for_budget: set[PartitionState] = set()
         self._gate: SoloGate | None = None
         self._acked: dict[tuple[str, int], tuple[int, str]] = {}
         self._last_poll = time.monotonic()
@@ -448,6 +449,8 @@ class Worker:
             self._start_ready(st)
             if not st.paused and (st.scheduler.is_full or self._buffered_total >= self.settings.max_inflight_total):
                 st.paused = True
+                if not st.scheduler.is_full:
+                    self._paused_for_budget.add(st)
                 self._control.put(("pause", st))
                 self._metric_gauge_paused()
 
@@ -466,11 +469,18 @@ class Worker:
         self._buffered_total -= 1
         if not st.draining:
             self._start_ready(st)
-        if st.paused and st.scheduler.buffered <= st.spec.max_buffered // 2 and \
-                self._buffered_total < self.settings.max_inflight_total * 0.8:
-            st.paused = False
-            self._control.put(("resume", st))
-            self._metric_gauge_paused()
+        if self._buffered_total < self.settings.max_inflight_total * 0.8:
+            if st.paused and st.scheduler.buffered <= st.spec.max_buffered // 2:
+                st.paused = False
+                self._control.put(("resume", st))
+                self._metric_gauge_paused()
+            if self._paused_for_budget:  # partitions paused by the worker-wide cap, with nothing of their own left
+                for other in list(self._paused_for_budget):
+                    self._paused_for_budget.discard(other)
+                    if other.paused and not other.revoked and other.scheduler.buffered <= other.spec.max_buffered // 2:
+                        other.paused = False
+                        self._control.put(("resume", other))
+                self._metric_gauge_paused()
         if st.drained is not None and st.scheduler.running == 0:
             st.drained.set()
 
