@@ -56,7 +56,9 @@ def register(sub: Any) -> None:
     run.set_defaults(func=_cmd_run)
 
     from streamguard.chaos.cli import register_cli
+    from streamguard.ops.cli import register_cli as register_ops
 
     chaos = sub.add_parser("chaos", help="fault injection: a Toxiproxy-style TCP proxy")
     register_cli(chaos.add_subparsers(dest="chaos_cmd", required=True))
+    register_ops(sub)
     _ = logging

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+from streamguard.chaos.crashpoints import armed, maybe_crash
 from streamguard.context import Context
 from streamguard.core.envelope import FailureInfo, dead_letter_headers, describe_error
 from streamguard.core.idempotency import ClaimStatus
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from streamguard.app import App, HandlerSpec
 
 log = logging.getLogger("streamguard.worker")
+_CRASH = armed()
 T = TypeVar("T")
 
 DEFAULT_RETRY = Retry(attempts=3, backoff=(0.2, 5.0))
@@ -288,6 +290,8 @@ class Worker:
         offsets = snapshot if snapshot is not None else self._call(self._commit_snapshot, only)
         if not offsets:
             return
+        if _CRASH:
+            maybe_crash("before_commit")
         try:
             if asynchronous:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
@@ -693,7 +697,10 @@ class Worker:
                 if st.revoked:
                     return None
                 try:
-                    await asyncio.wrap_future(producer.send(topic, value, key, headers, partition=None))
+                    fut = producer.send(topic, value, key, headers, partition=None)
+                    if _CRASH:
+                        maybe_crash("during_dlq_write")
+                    await asyncio.wrap_future(fut)
                     break
                 except KafkaOperationError as err:
                     self.stats["failure_write_errors"] += 1

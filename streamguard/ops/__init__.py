@@ -1,0 +1,1 @@
+"""Operations engines behind the CLI: DLQ replay and quarantine review."""
