@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from streamguard.errors import ConfigError
@@ -30,16 +31,55 @@ def load_app(path: str) -> Any:
     return app
 
 
+def _effective_settings(app: Any, args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """Apply the one precedence order (code < TOML < environment < CLI flags) to ``app``; see config.py."""
+    from streamguard.config import describe_settings, load_settings_with_sources, resolve_brokers, resolve_config_path
+
+    toml_path = resolve_config_path(args.config)
+    cli: dict[str, Any] = {}
+    if args.http_port is not None:
+        cli["http_port"] = args.http_port
+    settings, sources = load_settings_with_sources(app.settings, toml_path=toml_path, env=os.environ, cli=cli)
+    app.settings = settings
+    app.brokers, brokers_from = resolve_brokers(app.brokers, os.environ)
+    log = logging.getLogger("streamguard.config")
+    log.info("brokers %s (from %s); config file: %s", app.brokers, brokers_from, toml_path or "none")
+    log.info("settings not from code: %s", describe_settings(settings, sources))
+    return settings, toml_path
+
+
+def _worker_command(args: argparse.Namespace, toml_path: Path | None, http_port: int | None,
+                    index: int) -> list[str]:
+    """The command line of worker ``index``: the supervisor's own `run` arguments minus --workers."""
+    cmd = [sys.executable, "-m", "streamguard.cli", "run", args.app, "--log-level", str(args.log_level)]
+    if args.log_json:
+        cmd.append("--log-json")
+    if toml_path is not None:
+        cmd += ["--config", str(toml_path)]
+    if http_port is not None:
+        cmd += ["--http-port", str(http_port + index)]
+    return cmd
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from streamguard.observability.logs import configure_logging
 
     configure_logging(args.log_level, json=args.log_json)
-    app = load_app(args.app)
-    if args.http_port is not None:
-        app.settings.http_port = args.http_port
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    app = load_app(args.app)  # also the supervisor's fail-fast check of the import path
+    settings, toml_path = _effective_settings(app, args)
     if args.workers > 1:
-        raise ConfigError("--workers N (the multi-process supervisor) is not built yet; run N processes of "
-                          "`streamguard run` yourself: they share the consumer group")
+        from streamguard.runtime.supervisor import Supervisor
+
+        if not app.handlers:
+            raise ConfigError(f"app {app.name!r} has no handlers")
+        port = settings.http_port
+        supervisor = Supervisor(lambda i: _worker_command(args, toml_path, port, i), args.workers,
+                                shutdown_timeout=settings.shutdown_timeout)
+        logging.getLogger("streamguard.supervisor").info(
+            "supervising %d workers of %s (group %s)", args.workers, args.app, app.group_id)
+        return supervisor.run()
     from streamguard.runtime.service import run_worker
 
     return run_worker(app)
@@ -51,6 +91,8 @@ def register(sub: Any) -> None:
     run.add_argument("app", help="MODULE:APP, e.g. examples.orders:app")
     run.add_argument("--workers", type=int, default=1, help="worker processes in the same group (supervised)")
     run.add_argument("--http-port", type=int, default=None, help="serve /metrics /healthz /readyz on this port")
+    run.add_argument("--config", default=None, metavar="PATH",
+                     help="TOML settings file (default: ./streamguard.toml if present); see docs/running.md")
     run.add_argument("--log-level", default=os.environ.get("STREAMGUARD_LOG_LEVEL", "INFO"))
     run.add_argument("--log-json", action="store_true", default=os.environ.get("STREAMGUARD_LOG_JSON") == "1")
     run.set_defaults(func=_cmd_run)
@@ -61,4 +103,3 @@ def register(sub: Any) -> None:
     chaos = sub.add_parser("chaos", help="fault injection: a Toxiproxy-style TCP proxy")
     register_cli(chaos.add_subparsers(dest="chaos_cmd", required=True))
     register_ops(sub)
-    _ = logging

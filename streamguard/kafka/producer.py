@@ -79,4 +79,5 @@ class ReliableProducer:
         left = self.flush(timeout)
         self._stop.set()
         self._thread.join(5)
+        del self._producer  # destroys the librdkafka handle now, not at some later garbage collection
         return left

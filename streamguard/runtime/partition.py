@@ -20,13 +20,37 @@ if TYPE_CHECKING:
 _epochs = itertools.count(1)
 
 
+class Flow:
+    """Backpressure counters of one assigned partition, shared by the two threads.
+
+    The poll thread adds what it hands over (``handed``) and decides pause/resume from
+    ``handed - released`` *before* handing over more, so the bound holds to within one fetched batch;
+    the loop thread adds every message that leaves (resolved, skipped, dropped) to ``released``. Each
+    counter has a single writer, so no lock is needed.
+    """
+
+    __slots__ = ("handed", "limit", "needs_resume", "paused", "released")
+
+    def __init__(self, limit: int) -> None:
+        self.handed = 0
+        self.released = 0
+        self.limit = limit
+        self.paused = False
+        self.needs_resume = True  # a fresh assignment must not inherit a pause from an earlier one
+
+    @property
+    def buffered(self) -> int:
+        return self.handed - self.released
+
+
 class PartitionState:
     """Offsets and scheduling of one (topic, partition) under one assignment epoch."""
 
-    __slots__ = ("drained", "draining", "epoch", "last_committed", "partition", "paused", "revoked", "scheduler",
+    __slots__ = ("drained", "draining", "epoch", "flow", "last_committed", "partition", "revoked", "scheduler",
                  "spec", "topic", "tracker")
 
-    def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int]) -> None:
+    def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int],
+                 flow: Flow | None = None) -> None:
         self.topic = spec.topic
         self.partition = partition
         self.spec = spec
@@ -35,7 +59,7 @@ class PartitionState:
         self.scheduler: KeyScheduler[Any] = KeyScheduler(spec.concurrency, spec.max_buffered)
         self.revoked = False
         self.draining = False
-        self.paused = False
+        self.flow = flow or Flow(spec.max_buffered)
         self.drained: asyncio.Event | None = None
         self.last_committed: tuple[int, str] | None = None
 

@@ -36,11 +36,15 @@ class SoloGate:
             await self._cond.wait_for(lambda: not self._writer and not self._waiting_writers)
             self._readers += 1
 
-    async def release_shared(self) -> None:
+    def release_shared(self) -> None:
+        """Give a shared slot back; wakes a waiting suspect when the last normal run ends."""
         self._readers -= 1
         if self._readers == 0 and self._waiting_writers:
-            async with self._cond:
-                self._cond.notify_all()
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
 
     async def exclusive(self) -> None:
         async with self._cond:

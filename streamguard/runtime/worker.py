@@ -20,7 +20,6 @@ import collections
 import concurrent.futures
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -52,7 +51,7 @@ from streamguard.errors import (
 )
 from streamguard.kafka.clients import ensure_topics, make_admin, make_consumer, partition_counts
 from streamguard.kafka.producer import ReliableProducer
-from streamguard.runtime.partition import PartitionState
+from streamguard.runtime.partition import Flow, PartitionState
 from streamguard.runtime.solo_gate import SoloGate
 from streamguard.runtime.store_batcher import StoreBatcher
 
@@ -84,7 +83,9 @@ class Worker:
             for breaker in spec.breakers:
                 breaker.add_listener(self.metrics.breaker_changed)
         self._states: dict[tuple[str, int], PartitionState] = {}
-        self._control: queue.SimpleQueue[tuple[str, PartitionState]] = queue.SimpleQueue()
+        self._flows: dict[tuple[str, int], Flow] = {}
+        self._outcome_children: dict[tuple[str, str], Any] = {}
+        self._duration_children: dict[str, Any] = {}
         self._stop = threading.Event()
         self._hard_stop = threading.Event()
         self._ready = threading.Event()
@@ -92,9 +93,7 @@ class Worker:
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="streamguard-loop", daemon=True)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.sync_threads, "streamguard-handler")
         self._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store")
-        self._buffered_total = 0
         self._keys_in_flight: dict[str, asyncio.Event] = {}
-        self._paused_for_budget: set[PartitionState] = set()
         self._gate: SoloGate | None = None
         self._acked: dict[tuple[str, int], tuple[int, str]] = {}
         self._last_poll = time.monotonic()
@@ -235,39 +234,61 @@ class Worker:
             self._teardown()
 
     def _poll_once(self, consumer: Any, batch: int, timeout: float) -> None:
-        self._apply_control(consumer)
+        self._flow_control(consumer)
         msgs = consumer.consume(batch, timeout)
         self._last_poll = time.monotonic()
         if not msgs:
             return
         good = []
+        flows = self._flows
         for m in msgs:
             err = m.error()
             if err is None:
                 good.append(m)
+                flow = flows.get((m.topic(), m.partition()))
+                if flow is not None:
+                    flow.handed += 1
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             else:
                 self._on_client_error(err)
         if good:
             self._loop.call_soon_threadsafe(self._dispatch, good)
+            self._flow_control(consumer)
 
-    def _apply_control(self, consumer: Any) -> None:
-        while True:
-            try:
-                action, st = self._control.get_nowait()
-            except queue.Empty:
-                return
-            if st.revoked or self._states.get((st.topic, st.partition)) is not st:
-                continue
-            tp = [TopicPartition(st.topic, st.partition)]
-            try:
-                if action == "pause":
-                    consumer.pause(tp)
-                else:
-                    consumer.resume(tp)
-            except KafkaException as exc:
-                log.warning("%s of %s[%d] failed: %s", action, st.topic, st.partition, exc)
+    def _flow_control(self, consumer: Any) -> None:
+        """(poll thread) Pause partitions at their budget (or at the worker-wide cap); resume them at half.
+
+        Decided here, before the next fetch is handed over, so a partition holds at most its budget plus
+        one fetched batch, whatever the handlers do.
+        """
+        flows = self._flows
+        if not flows or self._stop.is_set():
+            return  # while shutting down every partition stays paused
+        cap = self.settings.max_inflight_total
+        total = sum(f.handed - f.released for f in flows.values())
+        pause, resume = [], []
+        for (topic, partition), f in flows.items():
+            buffered = f.handed - f.released
+            if f.needs_resume:
+                f.needs_resume = False
+                resume.append(TopicPartition(topic, partition))
+            if not f.paused:
+                if buffered >= f.limit or (total >= cap and buffered > 0):
+                    f.paused = True
+                    pause.append(TopicPartition(topic, partition))
+            elif buffered <= f.limit // 2 and total < cap * 0.8:
+                f.paused = False
+                resume.append(TopicPartition(topic, partition))
+        try:
+            if pause:
+                consumer.pause(pause)
+            if resume:
+                consumer.resume(resume)
+        except KafkaException as exc:
+            log.warning("pause/resume failed: %s", exc)
+        if pause or resume:
+            self.metrics.paused_partitions.set(sum(1 for f in flows.values() if f.paused))
 
     # ------------------------------------------------------------------ commits
     def _commit_snapshot(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
@@ -331,20 +352,22 @@ class Worker:
         for tp in committed:
             off = tp.offset if tp.offset >= 0 else None
             skip = decode_metadata(tp.metadata, off) if off is not None else set()
-            infos.append((tp.topic, tp.partition, off, skip))
+            flow = Flow(self.app.handlers[tp.topic].max_buffered)
+            self._flows[(tp.topic, tp.partition)] = flow
+            infos.append((tp.topic, tp.partition, off, skip, flow))
         self._call(self._install, infos)
         self._ready.set()
         self.stats["assigned"] += len(partitions)
         self.metrics.rebalances.labels(kind="assigned").inc()
         self._emit("assigned", {"partitions": [(tp.topic, tp.partition) for tp in partitions]})
-        log.info("assigned %s", [f"{t}[{p}]@{o}" for t, p, o, _ in infos])
+        log.info("assigned %s", [f"{t}[{p}]@{o}" for t, p, o, _, _ in infos])
 
-    def _install(self, infos: list[tuple[str, int, int | None, set[int]]]) -> None:
-        for topic, partition, committed, skip in infos:
+    def _install(self, infos: list[tuple[str, int, int | None, set[int], Flow]]) -> None:
+        for topic, partition, committed, skip, flow in infos:
             old = self._states.pop((topic, partition), None)
             if old is not None:
                 self._fence(old)
-            st = PartitionState(self.app.handlers[topic], partition, committed, skip)
+            st = PartitionState(self.app.handlers[topic], partition, committed, skip, flow)
             self._states[(topic, partition)] = st
             if committed is not None:
                 self._acked[(topic, partition)] = (committed, "")
@@ -371,6 +394,7 @@ class Worker:
                 log.warning("commit on revoke failed: %s", exc)
         for k in keys:
             self._acked.pop(k, None)
+            self._flows.pop(k, None)
         self.stats["revoked"] += len(keys)
         self.metrics.rebalances.labels(kind="revoked").inc()
         for topic, partition in keys:
@@ -384,8 +408,7 @@ class Worker:
             if st is None:
                 continue
             st.draining = True
-            dropped = st.scheduler.drain()
-            self._buffered_total -= len(dropped)
+            st.flow.released += len(st.scheduler.drain())
             if not st.idle:
                 st.drained = asyncio.Event()
                 events.append(st.drained)
@@ -404,6 +427,7 @@ class Worker:
         self._call(self._drop_lost, keys)
         for k in keys:
             self._acked.pop(k, None)
+            self._flows.pop(k, None)
         self.stats["lost"] += len(keys)
         self.metrics.rebalances.labels(kind="lost").inc()
         self._emit("lost", {"partitions": sorted(keys)})
@@ -413,13 +437,12 @@ class Worker:
         for k in keys:
             st = self._states.pop(k, None)
             if st is not None:
-                self._buffered_total -= len(st.scheduler.drain())
+                st.flow.released += len(st.scheduler.drain())
                 self._fence(st)
 
     def _fence(self, st: PartitionState) -> None:
         """(loop thread) Late results of ``st`` are ignored from now on."""
         st.revoked = True
-        self._buffered_total -= st.scheduler.buffered
         if st.drained is not None:
             st.drained.set()
 
@@ -430,15 +453,20 @@ class Worker:
         for m in msgs:
             k = (m.topic(), m.partition())
             st = states.get(k)
-            if st is None or st.draining:
+            if st is None:
                 continue  # not ours any more: the next owner starts from the committed offset
+            if st.draining:
+                st.flow.released += 1
+                continue
             offset = m.offset()
             try:
-                if st.tracker.track(offset):
-                    self.stats["preresolved_skipped"] += 1
-                    continue
+                skip = st.tracker.track(offset)
             except ValueError:
-                continue  # a re-fetch of an offset already tracked (after a resume); already handled
+                skip = True  # a re-fetch of an offset already tracked (after a resume); already handled
+            if skip:
+                st.flow.released += 1
+                self.stats["preresolved_skipped"] += 1
+                continue
             ordering = st.spec.ordering
             if ordering == "key":
                 key: Any = m.key()
@@ -447,22 +475,14 @@ class Worker:
             else:
                 key = ordering(m)
             st.scheduler.submit(key, m)
-            self._buffered_total += 1
             touched[k] = st
         for st in touched.values():
             self._start_ready(st)
-            if not st.paused and (st.scheduler.is_full or self._buffered_total >= self.settings.max_inflight_total):
-                st.paused = True
-                if not st.scheduler.is_full:
-                    self._paused_for_budget.add(st)
-                self._control.put(("pause", st))
-                self._metric_gauge_paused()
 
     def _start_ready(self, st: PartitionState) -> None:
-        if st.draining and not st.revoked:
-            pass  # in-flight heads finish; nothing new starts
+        create = self._loop.create_task
         for key, m in st.scheduler.take():
-            self._loop.create_task(self._process(st, key, m))
+            create(self._process(st, key, m))
 
     def _resolve(self, st: PartitionState, key: Any, offset: int) -> None:
         if st.revoked:
@@ -470,22 +490,10 @@ class Worker:
             return
         st.tracker.mark_done(offset)
         st.scheduler.finish(key)
-        self._buffered_total -= 1
+        st.flow.released += 1
         if not st.draining:
             self._start_ready(st)
-        if self._buffered_total < self.settings.max_inflight_total * 0.8:
-            if st.paused and st.scheduler.buffered <= st.spec.max_buffered // 2:
-                st.paused = False
-                self._control.put(("resume", st))
-                self._metric_gauge_paused()
-            if self._paused_for_budget:  # partitions paused by the worker-wide cap, with nothing of their own left
-                for other in list(self._paused_for_budget):
-                    self._paused_for_budget.discard(other)
-                    if other.paused and not other.revoked and other.scheduler.buffered <= other.spec.max_buffered // 2:
-                        other.paused = False
-                        self._control.put(("resume", other))
-                self._metric_gauge_paused()
-        if st.drained is not None and st.scheduler.running == 0:
+        elif st.drained is not None and st.scheduler.running == 0:
             st.drained.set()
 
     # ------------------------------------------------------------------ one message (loop thread)
@@ -632,7 +640,7 @@ class Worker:
                 continue
             finally:
                 if not gate_held:
-                    await gate.release_shared()
+                    gate.release_shared()
                 self._observe_duration(st.topic, time.monotonic() - started)
             if self._store is not None and not ctx.transaction_used:
                 await self._store.complete(ctx.idempotency_key)
@@ -642,15 +650,17 @@ class Worker:
         args = (model, ctx) if spec.takes_ctx else (model,)
         timeout = spec.timeout
         if spec.is_async or asyncio.iscoroutinefunction(fn):
+            if timeout is None:
+                await fn(*args)
+                return
+            timer = asyncio.timeout(timeout)  # cheaper than wait_for: no extra task per message
             try:
-                if timeout is None:
+                async with timer:
                     await fn(*args)
-                else:
-                    await asyncio.wait_for(fn(*args), timeout)
-            except TimeoutError as exc:
-                if isinstance(exc, HandlerTimeout):
-                    raise
-                raise HandlerTimeout(f"handler {spec.name} ran past its timeout of {timeout}s") from None
+            except TimeoutError:
+                if timer.expired():
+                    raise HandlerTimeout(f"handler {spec.name} ran past its timeout of {timeout}s") from None
+                raise
             return
         fut = self._loop.run_in_executor(self._pool, fn, *args)
         try:
@@ -717,15 +727,19 @@ class Worker:
 
     # ------------------------------------------------------------------ metrics hooks
     def _count(self, outcome: str, topic: str) -> None:
-        if outcome in ("preresolved_skipped", "fenced"):
-            return
-        self.metrics.message_resolved(topic, outcome)
+        child = self._outcome_children.get((topic, outcome))
+        if child is None:
+            if outcome in ("preresolved_skipped", "fenced"):
+                return
+            child = self._outcome_children[(topic, outcome)] = self.metrics.messages.labels(topic=topic,
+                                                                                             outcome=outcome)
+        child.inc()
 
     def _observe_duration(self, topic: str, seconds: float) -> None:
-        self.metrics.handler_duration.labels(topic=topic).observe(seconds)
-
-    def _metric_gauge_paused(self) -> None:
-        self.metrics.paused_partitions.set(sum(1 for s in self._states.values() if s.paused))
+        child = self._duration_children.get(topic)
+        if child is None:
+            child = self._duration_children[topic] = self.metrics.handler_duration.labels(topic=topic)
+        child.observe(seconds)
 
     def _dlq_pending(self, delta: int) -> None:
         self.stats["failure_writes_pending"] += delta

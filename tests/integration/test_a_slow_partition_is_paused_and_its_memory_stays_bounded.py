@@ -1,0 +1,45 @@
+"""Runtime: a slow partition is paused at its bulkhead budget (within one fetched batch) and resumed when
+it drains, while another partition flows freely; nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from streamguard import App, Settings
+from tests.kafka_helpers import produce_all
+from tests.runtime_helpers import running, wait_until
+
+
+def test_bulkhead_bounds_buffered_messages(kafka, new_topic):
+    topic = new_topic(partitions=2)
+    produce_all(kafka.bootstrap, topic, [(f"k{i}".encode(), f"slow-{i}".encode()) for i in range(1500)], partition=0)
+    produce_all(kafka.bootstrap, topic, [(f"k{i}".encode(), f"fast-{i}".encode()) for i in range(1500)], partition=1)
+    done = {0: 0, 1: 0}
+    fast_finished_at: list[float] = []
+    app = App(f"bulk-{topic}", kafka.bootstrap, settings=Settings(commit_interval=0.2, poll_batch=100))
+
+    @app.handler(topic, concurrency=4, max_buffered=50, timeout=None)
+    async def handle(value: bytes, ctx) -> None:
+        if value.startswith(b"slow"):
+            await asyncio.sleep(0.004)
+        done[ctx.partition] += 1
+        if done[1] == 1500 and not fast_finished_at:
+            fast_finished_at.append(time.monotonic())
+
+    peak = {0: 0, 1: 0}
+    paused_seen = threading.Event()
+    with running(app) as worker:
+        def sample() -> bool:
+            for (_, p), f in list(worker._flows.items()):
+                peak[p] = max(peak[p], f.buffered)
+                if p == 0 and f.paused:
+                    paused_seen.set()
+            return done[0] == 1500 and done[1] == 1500
+
+        wait_until(sample, 120, interval=0.005, what="both partitions done")
+    assert paused_seen.is_set(), "the slow partition was never paused"
+    assert peak[0] <= 50 + 100, f"slow partition buffered {peak[0]} > budget 50 + one batch of 100"
+    assert fast_finished_at and done[0] == 1500
+    assert worker.stats["ok"] == 3000
