@@ -138,7 +138,7 @@ class App:
             raise ConfigError(f"ordering must be 'key', 'partition' or a function, got {ordering!r}")
         if on_open == "fallback" and fallback is None:
             raise ConfigError(f"on_open='fallback' needs fallback= (handler for {topic!r})")
-        buffered = max_buffered if max_buffered is not None else max(concurrency * 4, 256)
+        buffered = max_buffered if max_buffered is not None else max(concurrency * 8, 1000)
         if buffered < concurrency:
             raise ConfigError(f"max_buffered ({buffered}) must be >= concurrency ({concurrency})")
         decoder = make_decoder(model, codec)

@@ -234,7 +234,8 @@ class Worker:
             self._teardown()
 
     def _poll_once(self, consumer: Any, batch: int, timeout: float) -> None:
-        self._flow_control(consumer)
+        if self._flow_control(consumer):
+            timeout = min(timeout, 0.005)  # something is paused: come back soon to resume it promptly
         msgs = consumer.consume(batch, timeout)
         self._last_poll = time.monotonic()
         if not msgs:
@@ -256,7 +257,7 @@ class Worker:
             self._loop.call_soon_threadsafe(self._dispatch, good)
             self._flow_control(consumer)
 
-    def _flow_control(self, consumer: Any) -> None:
+    def _flow_control(self, consumer: Any) -> bool:
         """(poll thread) Pause partitions at their budget (or at the worker-wide cap); resume them at half.
 
         Decided here, before the next fetch is handed over, so a partition holds at most its budget plus
@@ -264,7 +265,7 @@ class Worker:
         """
         flows = self._flows
         if not flows or self._stop.is_set():
-            return  # while shutting down every partition stays paused
+            return False  # while shutting down every partition stays paused
         cap = self.settings.max_inflight_total
         total = sum(f.handed - f.released for f in flows.values())
         pause, resume = [], []
@@ -287,8 +288,10 @@ class Worker:
                 consumer.resume(resume)
         except KafkaException as exc:
             log.warning("pause/resume failed: %s", exc)
+        paused = sum(1 for f in flows.values() if f.paused)
         if pause or resume:
-            self.metrics.paused_partitions.set(sum(1 for f in flows.values() if f.paused))
+            self.metrics.paused_partitions.set(paused)
+        return paused > 0
 
     # ------------------------------------------------------------------ commits
     def _commit_snapshot(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:

@@ -256,7 +256,9 @@ class LocalKafkaCluster:
         log4j.write_text(_LOG4J2_XML.format(log=node.log_file))
         base = [java, *JVM_OPTS, f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={node.workdir}",
                 "-cp", f"{libs}/*"]
-        fmt = subprocess.run([*base, "kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(props),
+        # --cluster-id=ID, not -t ID: a random id may begin with "-" and be taken for an option
+        fmt = subprocess.run([*base, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
+                              "-c", str(props),
                               "--ignore-formatted"], capture_output=True, text=True)
         if fmt.returncode != 0:
             raise KafkaUnavailable(f"formatting storage of node {node.node_id} failed:\n{fmt.stdout}{fmt.stderr}")
