@@ -71,6 +71,27 @@ class KeyScheduler(Generic[T]):
         else:
             del self._queues[key]
 
+    def run_of(self, key: Hashable, limit: int) -> list[T]:
+        """The first ``limit`` items of ``key``'s queue, head (running) first: a batch to run in order."""
+        queue = self._queues[key]
+        if len(queue) <= limit:
+            return list(queue)
+        return [queue[i] for i in range(limit)]
+
+    def finish_many(self, key: Hashable, n: int, *, keep_running: bool = False) -> None:
+        """``n`` items at the head of ``key`` are resolved; with ``keep_running`` the next head stays running."""
+        queue = self._queues[key]
+        for _ in range(n):
+            queue.popleft()
+        self.buffered -= n
+        if keep_running:
+            return
+        self.running -= 1
+        if queue:
+            self._ready.append(key)
+        else:
+            del self._queues[key]
+
     def drain(self) -> list[T]:
         """Remove and return everything not yet started (revoke/lost); running items stay accounted."""
         dropped: list[T] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from streamguard.core.offsets import OffsetTracker
@@ -23,15 +24,17 @@ _epochs = itertools.count(1)
 class Flow:
     """Backpressure counters of one assigned partition, shared by the two threads.
 
-    The poll thread adds what it hands over (``handed``) and decides pause/resume from
-    ``handed - released`` *before* handing over more, so the bound holds to within one fetched batch;
+    The poll thread hands over only as much as the partition's budget allows (``handed - released``),
+    keeps the rest fetched in ``holding``, and pauses the partition only when ``holding`` is full too:
+    pausing makes librdkafka drop its prefetched messages, so it is the last resort, not the first;
     the loop thread adds every message that leaves (resolved, skipped, dropped) to ``released``. Each
     counter has a single writer, so no lock is needed.
     """
 
-    __slots__ = ("handed", "limit", "needs_resume", "paused", "released")
+    __slots__ = ("handed", "holding", "limit", "needs_resume", "paused", "released")
 
     def __init__(self, limit: int) -> None:
+        self.holding: deque[Any] = deque()  # fetched, not yet handed over (poll thread only)
         self.handed = 0
         self.released = 0
         self.limit = limit
@@ -43,11 +46,23 @@ class Flow:
         return self.handed - self.released
 
 
+class LaneJob:
+    """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
+
+    __slots__ = ("abandoned", "current_started", "done", "stop")
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.current_started = 0.0
+        self.stop = False
+        self.abandoned = False
+
+
 class PartitionState:
     """Offsets and scheduling of one (topic, partition) under one assignment epoch."""
 
-    __slots__ = ("drained", "draining", "epoch", "flow", "last_committed", "partition", "revoked", "scheduler",
-                 "spec", "topic", "tracker")
+    __slots__ = ("drained", "draining", "epoch", "flow", "lane", "lane_job", "last_committed", "partition", "revoked",
+                 "scheduler", "spec", "topic", "tracker")
 
     def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int],
                  flow: Flow | None = None) -> None:
@@ -60,6 +75,8 @@ class PartitionState:
         self.revoked = False
         self.draining = False
         self.flow = flow or Flow(spec.max_buffered)
+        self.lane = False  # set by the worker: run this partition's messages in batches on one thread
+        self.lane_job: LaneJob | None = None
         self.drained: asyncio.Event | None = None
         self.last_committed: tuple[int, str] | None = None
 

@@ -51,7 +51,7 @@ from streamguard.errors import (
 )
 from streamguard.kafka.clients import ensure_topics, make_admin, make_consumer, partition_counts
 from streamguard.kafka.producer import ReliableProducer
-from streamguard.runtime.partition import Flow, PartitionState
+from streamguard.runtime.partition import Flow, LaneJob, PartitionState
 from streamguard.runtime.solo_gate import SoloGate
 from streamguard.runtime.store_batcher import StoreBatcher
 
@@ -235,52 +235,62 @@ class Worker:
 
     def _poll_once(self, consumer: Any, batch: int, timeout: float) -> None:
         if self._flow_control(consumer):
-            timeout = min(timeout, 0.005)  # something is paused: come back soon to resume it promptly
+            timeout = min(timeout, 0.005)  # something is held back: come back soon to hand it over
         msgs = consumer.consume(batch, timeout)
         self._last_poll = time.monotonic()
-        if not msgs:
-            return
-        good = []
         flows = self._flows
         for m in msgs:
             err = m.error()
             if err is None:
-                good.append(m)
                 flow = flows.get((m.topic(), m.partition()))
                 if flow is not None:
-                    flow.handed += 1
-            elif err.code() == KafkaError._PARTITION_EOF:
-                continue
-            else:
+                    flow.holding.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
                 self._on_client_error(err)
-        if good:
-            self._loop.call_soon_threadsafe(self._dispatch, good)
-            self._flow_control(consumer)
+        self._flow_control(consumer)
 
     def _flow_control(self, consumer: Any) -> bool:
-        """(poll thread) Pause partitions at their budget (or at the worker-wide cap); resume them at half.
+        """(poll thread) Hand over what each partition's budget allows; pause a partition whose held-back
+        messages fill a second budget (or when the worker-wide cap is reached); resume it when drained.
 
-        Decided here, before the next fetch is handed over, so a partition holds at most its budget plus
-        one fetched batch, whatever the handlers do.
+        Memory per partition stays within two budgets plus one fetched batch, whatever the handlers do.
+        Returns True while anything is held back or paused.
         """
         flows = self._flows
         if not flows or self._stop.is_set():
-            return False  # while shutting down every partition stays paused
+            return False  # while shutting down nothing more is handed over
         cap = self.settings.max_inflight_total
-        total = sum(f.handed - f.released for f in flows.values())
+        total = 0
+        out: list[Any] = []
+        busy = False
         pause, resume = [], []
         for (topic, partition), f in flows.items():
-            buffered = f.handed - f.released
+            holding = f.holding
+            if holding:
+                credit = f.limit - (f.handed - f.released)
+                if credit >= len(holding):
+                    out.extend(holding)
+                    f.handed += len(holding)
+                    holding.clear()
+                elif credit > 0:
+                    for _ in range(credit):
+                        out.append(holding.popleft())
+                    f.handed += credit
+            buffered = f.handed - f.released + len(holding)
+            total += buffered
             if f.needs_resume:
                 f.needs_resume = False
                 resume.append(TopicPartition(topic, partition))
             if not f.paused:
-                if buffered >= f.limit or (total >= cap and buffered > 0):
+                if len(holding) >= f.limit or (total >= cap and buffered > 0):
                     f.paused = True
                     pause.append(TopicPartition(topic, partition))
-            elif buffered <= f.limit // 2 and total < cap * 0.8:
+            elif not holding and buffered <= f.limit // 2 and total < cap * 0.8:
                 f.paused = False
                 resume.append(TopicPartition(topic, partition))
+            busy = busy or f.paused or bool(holding)
+        if out:
+            self._loop.call_soon_threadsafe(self._dispatch, out)
         try:
             if pause:
                 consumer.pause(pause)
@@ -288,10 +298,9 @@ class Worker:
                 consumer.resume(resume)
         except KafkaException as exc:
             log.warning("pause/resume failed: %s", exc)
-        paused = sum(1 for f in flows.values() if f.paused)
         if pause or resume:
-            self.metrics.paused_partitions.set(paused)
-        return paused > 0
+            self.metrics.paused_partitions.set(sum(1 for f in flows.values() if f.paused))
+        return busy
 
     # ------------------------------------------------------------------ commits
     def _commit_snapshot(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
@@ -371,6 +380,9 @@ class Worker:
             if old is not None:
                 self._fence(old)
             st = PartitionState(self.app.handlers[topic], partition, committed, skip, flow)
+            spec = st.spec
+            st.lane = (not spec.is_async and spec.ordering == "partition" and self._store is None
+                       and not spec.breakers and spec.fallback is None)
             self._states[(topic, partition)] = st
             if committed is not None:
                 self._acked[(topic, partition)] = (committed, "")
@@ -411,7 +423,10 @@ class Worker:
             if st is None:
                 continue
             st.draining = True
-            st.flow.released += len(st.scheduler.drain())
+            if st.lane_job is not None:
+                st.lane_job.stop = True  # the lane drains the partition when its batch ends
+            else:
+                st.flow.released += len(st.scheduler.drain())
             if not st.idle:
                 st.drained = asyncio.Event()
                 events.append(st.drained)
@@ -446,6 +461,8 @@ class Worker:
     def _fence(self, st: PartitionState) -> None:
         """(loop thread) Late results of ``st`` are ignored from now on."""
         st.revoked = True
+        if st.lane_job is not None:
+            st.lane_job.stop = True
         if st.drained is not None:
             st.drained.set()
 
@@ -483,9 +500,129 @@ class Worker:
             self._start_ready(st)
 
     def _start_ready(self, st: PartitionState) -> None:
+        if st.lane:
+            self._start_lane(st)
+            return
         create = self._loop.create_task
         for key, m in st.scheduler.take():
             create(self._process(st, key, m))
+
+    # ------------------------------------------------------------------ the serial lane (loop thread)
+    LANE_BATCH = 500
+
+    def _start_lane(self, st: PartitionState) -> None:
+        """Partition-serial sync handlers: run the next messages in order in ONE pool job, not a task each.
+
+        The first failure (or an undecodable / oversized record) ends the batch and goes down the full
+        per-message path (retries, DLQ, quarantine) with the failure counted as its first attempt.
+        """
+        if st.lane_job is not None or st.draining:
+            return
+        started = st.scheduler.take()
+        if not started:
+            return
+        key = started[0][0]
+        batch = st.scheduler.run_of(key, self.LANE_BATCH)
+        job = st.lane_job = LaneJob()
+        fut = self._loop.run_in_executor(self._pool, self._run_lane, st, batch, job)
+        fut.add_done_callback(lambda f: self._lane_done(st, key, batch, job, f))
+        if st.spec.timeout is not None:
+            self._loop.call_later(min(st.spec.timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
+
+    def _run_lane(self, st: PartitionState, batch: list[Any], job: LaneJob) -> tuple[int, Any, BaseException | None]:
+        """(pool thread) Handle ``batch`` in order; stop at the first message that needs the full path."""
+        spec = st.spec
+        fn, decoder, takes_ctx, limit = spec.fn, spec.decoder, spec.takes_ctx, spec.max_message_bytes
+        topic, partition, worker_id = st.topic, st.partition, self.worker_id
+        observe = self.metrics.handler_duration.labels(topic=topic).observe
+        clock = time.monotonic
+        done = 0
+        for m in batch:
+            if job.stop or job.abandoned:
+                break
+            value = m.value()
+            if limit is not None and (len(value or b"") + len(m.key() or b"")) > limit:
+                return done, m, None
+            try:
+                model = decoder(value)
+            except DecodeError:
+                return done, m, None
+            t0 = job.current_started = clock()
+            try:
+                if takes_ctx:
+                    offset = m.offset()
+                    ctx = Context(topic, partition, offset, m.key(), m.headers(), m.timestamp()[1], 1,
+                                  f"{topic}/{partition}/{offset}", worker_id, None)
+                    if spec.key is not None:
+                        ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+                    fn(model, ctx)
+                else:
+                    fn(model)
+            except BaseException as exc:
+                observe(clock() - t0)
+                return done, m, exc
+            observe(clock() - t0)
+            done += 1
+            job.done = done
+        return done, None, None
+
+    def _watch_lane(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob) -> None:
+        """A lane message running past the handler's timeout becomes a failure; the rest of the batch moves on."""
+        if st.lane_job is not job or job.abandoned:
+            return
+        timeout = st.spec.timeout
+        assert timeout is not None
+        if job.current_started and time.monotonic() - job.current_started > timeout:
+            job.abandoned = True
+            done = job.done
+            exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
+                                 "(sync handlers cannot be interrupted; its thread runs on)")
+            self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
+            return
+        self._loop.call_later(min(timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
+
+    def _lane_done(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, fut: Any) -> None:
+        if job.abandoned:
+            return  # the watchdog already settled this batch
+        try:
+            done, failed, exc = fut.result()
+        except BaseException as err:  # a bug in the lane itself: hand the head to the full path
+            log.exception("lane failed on %s[%d]", st.topic, st.partition)
+            done, failed, exc = job.done, batch[job.done] if job.done < len(batch) else None, err
+        self._lane_finish(st, key, batch, job, done, failed, exc)
+
+    def _lane_finish(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, done: int, failed: Any,
+                     exc: BaseException | None) -> None:
+        st.lane_job = None
+        if st.revoked:
+            self.stats["fenced"] += done
+            return
+        tracker = st.tracker
+        for m in batch[:done]:
+            tracker.mark_done(m.offset())
+        st.scheduler.finish_many(key, done, keep_running=failed is not None)
+        st.flow.released += done
+        if done:
+            self.stats["ok"] += done
+            child = self._outcome_children.get((st.topic, "ok"))
+            if child is None:
+                self._count("ok", st.topic)
+                child = self._outcome_children[(st.topic, "ok")]
+                done -= 1
+            child.inc(done)
+        if failed is not None:
+            if st.draining:  # do not start anything new while revoking; the head is simply not resolved
+                st.scheduler.finish_many(key, 0)
+                st.flow.released += len(st.scheduler.drain())
+            else:
+                self._loop.create_task(self._process(st, key, failed, exc))
+                return
+        if st.draining:
+            st.flow.released += len(st.scheduler.drain())
+            if st.drained is not None and st.scheduler.running == 0:
+                st.drained.set()
+        else:
+            self._start_ready(st)
 
     def _resolve(self, st: PartitionState, key: Any, offset: int) -> None:
         if st.revoked:
@@ -500,9 +637,9 @@ class Worker:
             st.drained.set()
 
     # ------------------------------------------------------------------ one message (loop thread)
-    async def _process(self, st: PartitionState, key: Any, m: Any) -> None:
+    async def _process(self, st: PartitionState, key: Any, m: Any, prior: BaseException | None = None) -> None:
         try:
-            outcome = await self._handle(st, m)
+            outcome = await self._handle(st, m, prior)
         except Exception:  # a bug in streamguard itself: never lose the message, never commit past it
             log.exception("internal error handling %s[%d]@%d; the partition will not commit past it",
                           st.topic, st.partition, m.offset())
@@ -523,7 +660,7 @@ class Worker:
             return hdr.decode("utf-8", "replace")
         return f"{ctx.topic}/{ctx.partition}/{ctx.offset}"
 
-    async def _handle(self, st: PartitionState, m: Any) -> str | None:
+    async def _handle(self, st: PartitionState, m: Any, prior: BaseException | None = None) -> str | None:
         spec = st.spec
         value = m.value()
         ctx = Context(st.topic, st.partition, m.offset(), m.key(), m.headers(), m.timestamp()[1], 0,
@@ -543,7 +680,7 @@ class Worker:
             return await self._divert(st, m, spec.quarantine, "quarantine", exc, 0, None)
         store = self._store
         if store is None:
-            return await self._attempts(st, m, model, ctx, gate_held=False)
+            return await self._attempts(st, m, model, ctx, gate_held=False, prior=prior)
         # one delivery per idempotency key at a time inside this worker; the store fences other workers
         key = ctx.idempotency_key
         while key in self._keys_in_flight:
@@ -590,7 +727,10 @@ class Worker:
             if suspect:
                 await gate.release_exclusive()
 
-    async def _attempts(self, st: PartitionState, m: Any, model: Any, ctx: Context, gate_held: bool) -> str | None:
+    async def _attempts(self, st: PartitionState, m: Any, model: Any, ctx: Context, gate_held: bool,
+                        prior: BaseException | None = None) -> str | None:
+        """Run the handler until it succeeds or the policy gives up; ``prior`` is a first attempt that
+        already failed elsewhere (the serial lane)."""
         spec = st.spec
         policy = spec.retry or DEFAULT_RETRY
         first_failure: float | None = None
@@ -614,6 +754,9 @@ class Worker:
                 await gate.shared()
             started = time.monotonic()
             try:
+                if prior is not None:
+                    failed_before, prior = prior, None
+                    raise failed_before
                 await self._invoke(spec, fn, model, ctx)
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
