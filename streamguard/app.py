@@ -50,6 +50,12 @@ class HandlerSpec:
     on_open: Literal["pause", "fallback"]
     fallback: Callable[..., Any] | None
     retry_topics: tuple[float, ...] = ()
+    retry_of: str | None = None  # set on the derived spec that consumes `<topic>.retry.<n>`
+    retry_level: int = 0
+
+    def retry_topic(self, level: int) -> str:
+        """The name of retry topic ``level`` (1-based) of this handler's source topic."""
+        return f"{self.retry_of or self.topic}.retry.{level}"
 
 
 @dataclass
@@ -125,6 +131,9 @@ class App:
 
         ``ordering``: "key" (same Kafka key in offset order, different keys concurrently), "partition"
         (one at a time per partition), or a function of the raw message giving the ordering key.
+        ``retry_topics=(5, 60)``: retries go through `<topic>.retry.1` (run again >= 5 s later), then
+        `<topic>.retry.2` (>= 60 s later, also for every further retry) instead of waiting in the worker:
+        the source partition moves on (a key's order is NOT kept across such a retry).
         """
         if topic in self.handlers:
             raise ConfigError(f"topic {topic!r} already has a handler ({self.handlers[topic].name})")
@@ -136,6 +145,8 @@ class App:
             raise ConfigError(f"max_deliveries must be >= 1 or None (handler for {topic!r})")
         if ordering not in ("key", "partition") and not callable(ordering):
             raise ConfigError(f"ordering must be 'key', 'partition' or a function, got {ordering!r}")
+        if any(d <= 0 for d in retry_topics):
+            raise ConfigError(f"retry_topics delays must be > 0 seconds (handler for {topic!r}), got {retry_topics}")
         if on_open == "fallback" and fallback is None:
             raise ConfigError(f"on_open='fallback' needs fallback= (handler for {topic!r})")
         buffered = max_buffered if max_buffered is not None else max(concurrency * 8, 1000)

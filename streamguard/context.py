@@ -18,8 +18,21 @@ _log = logging.getLogger("streamguard.handler")
 class Context:
     """Coordinates, headers and attempt of one message, a bound logger, and the inbox transaction."""
 
-    __slots__ = ("_logger", "_store", "attempt", "headers", "idempotency_key", "key", "offset", "partition",
-                 "timestamp", "topic", "transaction_used", "worker_id")
+    __slots__ = (
+        "_logger",
+        "_store",
+        "attempt",
+        "headers",
+        "idempotency_key",
+        "key",
+        "offset",
+        "origin",
+        "partition",
+        "timestamp",
+        "topic",
+        "transaction_used",
+        "worker_id",
+    )
 
     def __init__(self, topic: str, partition: int, offset: int, key: bytes | None,
                  headers: list[tuple[str, bytes]] | None, timestamp: int | None, attempt: int,
@@ -35,6 +48,9 @@ class Context:
         self.worker_id = worker_id
         self._store = store
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        # for a message read from a retry topic: (topic, partition, offset, timestamp_ms, attempts so far,
+        # first failure in epoch seconds) of the original record
+        self.origin: tuple[str, int, int, int | None, int, float | None] | None = None
         self.transaction_used = False
 
     def header(self, name: str) -> bytes | None:

@@ -1,17 +1,42 @@
-"""Coalesce idempotency-store calls made in the same event-loop tick into one ``*_many`` round trip.
+"""Coalesce idempotency-store calls made in the same event-loop tick into one round trip each.
 
-Per-message claims and completions would make the store dominate throughput (an SQLite transaction each);
-batching them keeps the store's cost per message small without delaying any single message by more
-than one store round trip.
+Per-message claims, completions and delivery-counter reads would make the store dominate throughput
+(an SQLite transaction or a PostgreSQL round trip each); batching them keeps the store's cost per
+message small without delaying any single message by more than one store round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 from streamguard.core.idempotency import ClaimOutcome, IdempotencyStore
+
+
+class _Coalescer:
+    """Collects keys during one loop tick and runs ``many(keys)`` once on the executor."""
+
+    __slots__ = ("_executor", "_many", "_pending")
+
+    def __init__(self, many: Callable[[Sequence[str]], Sequence[Any]], executor: Executor) -> None:
+        self._many = many
+        self._executor = executor
+        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
+
+    async def submit(self, key: str) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush, loop)
+        self._pending.append((key, fut))
+        return await fut
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending, []
+        done = loop.run_in_executor(self._executor, self._many, [k for k, _ in batch])
+        done.add_done_callback(lambda f: _settle(f, batch))
 
 
 class StoreBatcher:
@@ -22,41 +47,25 @@ class StoreBatcher:
         self.owner = owner
         self.lease = lease_seconds
         self._executor = executor
-        self._claims: list[tuple[str, asyncio.Future[ClaimOutcome]]] = []
-        self._completes: list[tuple[str, asyncio.Future[bool]]] = []
+        self._claims = _Coalescer(lambda keys: store.claim_many(keys, owner, lease_seconds), executor)
+        self._completes = _Coalescer(lambda keys: store.complete_many(keys, owner), executor)
+        self._deliveries = _Coalescer(lambda keys: [store.deliveries(k) for k in keys], executor)
 
     async def claim(self, key: str) -> ClaimOutcome:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[ClaimOutcome] = loop.create_future()
-        if not self._claims:
-            loop.call_soon(self._flush_claims, loop)
-        self._claims.append((key, fut))
-        return await fut
+        outcome: ClaimOutcome = await self._claims.submit(key)
+        return outcome
 
     async def complete(self, key: str) -> bool:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        if not self._completes:
-            loop.call_soon(self._flush_completes, loop)
-        self._completes.append((key, fut))
-        return await fut
+        return bool(await self._completes.submit(key))
+
+    async def deliveries(self, key: str) -> int:
+        """The durable delivery counter of ``key`` (read without bumping it)."""
+        return int(await self._deliveries.submit(key))
 
     async def call(self, method: str, *args: Any) -> Any:
         """Run any other store method off the loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, getattr(self.store, method), *args)
-
-    def _flush_claims(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._claims = self._claims, []
-        keys = [k for k, _ in batch]
-        done = loop.run_in_executor(self._executor, self.store.claim_many, keys, self.owner, self.lease)
-        done.add_done_callback(lambda f: _settle(f, batch))
-
-    def _flush_completes(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._completes = self._completes, []
-        keys = [k for k, _ in batch]
-        done = loop.run_in_executor(self._executor, self.store.complete_many, keys, self.owner)
-        done.add_done_callback(lambda f: _settle(f, batch))
 
 
 def _settle(result: asyncio.Future[Any], batch: list[tuple[str, asyncio.Future[Any]]]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPar
 
 from streamguard.chaos.crashpoints import armed, maybe_crash
 from streamguard.context import Context
-from streamguard.core.envelope import FailureInfo, dead_letter_headers, describe_error
+from streamguard.core.envelope import FailureInfo, dead_letter_headers, describe_error, parse_envelope, retry_headers
 from streamguard.core.idempotency import ClaimStatus
 from streamguard.core.offsets import decode_metadata
 from streamguard.core.retry import GiveUp, Retry
@@ -79,6 +80,13 @@ class Worker:
         from streamguard.observability.metrics import Metrics
 
         self.metrics: Metrics = metrics or Metrics()
+        self._specs: dict[str, HandlerSpec] = dict(app.handlers)
+        for spec in app.handlers.values():  # each retry topic is consumed by a derived, partition-serial spec
+            for level in range(1, len(spec.retry_topics) + 1):
+                name = spec.retry_topic(level)
+                self._specs[name] = dataclasses.replace(
+                    spec, topic=name, retry_of=spec.topic, retry_level=level, ordering="partition",
+                    concurrency=1, max_buffered=max(spec.max_buffered // 4, 16))
         for spec in app.handlers.values():
             for breaker in spec.breakers:
                 breaker.add_listener(self.metrics.breaker_changed)
@@ -180,6 +188,8 @@ class Worker:
             for topic, spec in self.app.handlers.items():
                 wanted[spec.dlq] = counts[topic]
                 wanted[spec.quarantine] = counts[topic]
+                for level in range(1, len(spec.retry_topics) + 1):
+                    wanted[spec.retry_topic(level)] = counts[topic]
             created = ensure_topics(admin, wanted, replication=self.settings.failure_topic_replication)
             if created:
                 log.info("created failure topics: %s", ", ".join(created))
@@ -216,7 +226,7 @@ class Worker:
         self._prepare()
         restore = self._install_signal_handlers()
         consumer = self._consumer
-        topics = list(self.app.handlers)
+        topics = list(self._specs)
         consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("worker %s consuming %s as group %s", self.worker_id, topics, self.app.group_id)
         s = self.settings
@@ -364,7 +374,7 @@ class Worker:
         for tp in committed:
             off = tp.offset if tp.offset >= 0 else None
             skip = decode_metadata(tp.metadata, off) if off is not None else set()
-            flow = Flow(self.app.handlers[tp.topic].max_buffered)
+            flow = Flow(self._specs[tp.topic].max_buffered)
             self._flows[(tp.topic, tp.partition)] = flow
             infos.append((tp.topic, tp.partition, off, skip, flow))
         self._call(self._install, infos)
@@ -379,10 +389,10 @@ class Worker:
             old = self._states.pop((topic, partition), None)
             if old is not None:
                 self._fence(old)
-            st = PartitionState(self.app.handlers[topic], partition, committed, skip, flow)
+            st = PartitionState(self._specs[topic], partition, committed, skip, flow)
             spec = st.spec
             st.lane = (not spec.is_async and spec.ordering == "partition" and self._store is None
-                       and not spec.breakers and spec.fallback is None)
+                       and not spec.breakers and spec.fallback is None and spec.retry_of is None)
             self._states[(topic, partition)] = st
             if committed is not None:
                 self._acked[(topic, partition)] = (committed, "")
@@ -658,6 +668,8 @@ class Worker:
         hdr = ctx.header("idempotency-key")
         if hdr is not None:
             return hdr.decode("utf-8", "replace")
+        if ctx.origin is not None:  # a retry keeps the key of the original record
+            return f"{ctx.origin[0]}/{ctx.origin[1]}/{ctx.origin[2]}"
         return f"{ctx.topic}/{ctx.partition}/{ctx.offset}"
 
     async def _handle(self, st: PartitionState, m: Any, prior: BaseException | None = None) -> str | None:
@@ -674,6 +686,17 @@ class Worker:
             model = spec.decoder(value)
         except DecodeError as exc:
             return await self._divert(st, m, spec.quarantine, "quarantine", exc, 0, None)
+        if spec.retry_of is not None:
+            env = parse_envelope(m.headers())
+            ctx.origin = (env.source_topic or spec.retry_of, env.source_partition or 0,
+                          env.source_offset if env.source_offset is not None else m.offset(),
+                          env.source_timestamp_ms, env.retry_attempt or 0,
+                          env.first_failure_ms / 1000 if env.first_failure_ms else None)
+            due = (env.not_before_ms or 0) / 1000 - time.time()
+            if due > 0:  # the head of a retry partition waits; the partition behind it is paused by flow control
+                await asyncio.sleep(due)
+                if st.revoked:
+                    return None
         try:
             ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
         except Exception as exc:
@@ -704,7 +727,7 @@ class Worker:
         assert store is not None and gate is not None
         suspect = False
         if spec.max_deliveries is not None:
-            suspect = int(await store.call("deliveries", ctx.idempotency_key)) >= 1
+            suspect = await store.deliveries(ctx.idempotency_key) >= 1
         if suspect:
             await gate.exclusive()
         try:
@@ -733,9 +756,9 @@ class Worker:
         already failed elsewhere (the serial lane)."""
         spec = st.spec
         policy = spec.retry or DEFAULT_RETRY
-        first_failure: float | None = None
-        attempt = 0
-        retried = False
+        first_failure: float | None = ctx.origin[5] if ctx.origin else None
+        attempt = ctx.origin[4] if ctx.origin else 0
+        retried = ctx.origin is not None
         gate = self._gate
         assert gate is not None
         while True:
@@ -776,9 +799,13 @@ class Worker:
                 if isinstance(decision, GiveUp) or isinstance(exc, (PermanentFailure, Quarantine)):
                     if isinstance(exc, Quarantine):
                         return await self._divert(st, m, spec.quarantine, "quarantine", exc, attempt,
-                                                  ctx.idempotency_key, complete=True, first_failure=first_failure)
+                                                  ctx.idempotency_key, complete=True, first_failure=first_failure,
+                                                  origin=ctx.origin)
                     return await self._divert(st, m, spec.dlq, "dead-letter", exc, attempt, ctx.idempotency_key,
-                                              complete=True, first_failure=first_failure)
+                                              complete=True, first_failure=first_failure, origin=ctx.origin)
+                if spec.retry_topics:  # non-blocking: hand the message to a retry topic and move on
+                    await self._release(ctx)
+                    return await self._to_retry_topic(st, m, ctx, exc, attempt, first_failure)
                 retried = True
                 self.stats["retries"] += 1
                 self.metrics.retries.labels(topic=st.topic).inc()
@@ -831,19 +858,35 @@ class Worker:
             except Exception as exc:
                 log.warning("could not release claim %s: %s", ctx.idempotency_key, exc)
 
-    async def _divert(self, st: PartitionState, m: Any, topic: str, reason: str, exc: BaseException,
-                      attempts: int, idem_key: str | None, *, complete: bool = False,
-                      first_failure: float | None = None) -> str | None:
-        """Write the original record to the DLQ or quarantine topic; wait for the ack, retrying forever."""
+    def _failure_info(self, st: PartitionState, exc: BaseException, attempts: int, reason: str,
+                      idem_key: str | None, first_failure: float | None) -> FailureInfo:
         etype, emsg, stack = describe_error(exc)
-        now_ms = int(time.time() * 1000)
-        info = FailureInfo(error_type=etype, error_message=emsg, stack=stack, attempts=attempts,
-                           first_failure_ms=int((first_failure or time.time()) * 1000), last_failure_ms=now_ms,
-                           handler=st.spec.name, worker_id=self.worker_id, reason=reason, idempotency_key=idem_key)
+        return FailureInfo(error_type=etype, error_message=emsg, stack=stack, attempts=attempts,
+                           first_failure_ms=int((first_failure or time.time()) * 1000),
+                           last_failure_ms=int(time.time() * 1000), handler=st.spec.name, worker_id=self.worker_id,
+                           reason=reason, idempotency_key=idem_key)
+
+    async def _to_retry_topic(self, st: PartitionState, m: Any, ctx: Context, exc: BaseException, attempt: int,
+                              first_failure: float | None) -> str | None:
+        """Send the original record to the next retry topic with a not-before time; resolve it here."""
+        origin_spec = self._specs[st.spec.retry_of] if st.spec.retry_of else st.spec
+        level = min(st.spec.retry_level + 1, len(origin_spec.retry_topics))
+        delay = origin_spec.retry_topics[level - 1]
+        src = ctx.origin or (st.topic, st.partition, m.offset(), m.timestamp()[1], 0, None)
+        info = self._failure_info(st, exc, attempt, "retry", ctx.idempotency_key, first_failure)
         key, value = m.key(), m.value()
-        headers = dead_letter_headers(m.headers(), source_topic=st.topic, partition=st.partition,
-                                      offset=m.offset(), timestamp_ms=m.timestamp()[1], info=info,
-                                      key_len=len(key or b""), value_len=len(value or b""))
+        headers = retry_headers(m.headers(), source_topic=src[0], partition=src[1], offset=src[2],
+                                timestamp_ms=src[3], not_before_ms=int((time.time() + delay) * 1000),
+                                attempt=attempt, info=info, key_len=len(key or b""), value_len=len(value or b""))
+        if not await self._write(st, m, origin_spec.retry_topic(level), key, value, headers):
+            return None
+        self.stats["sent_to_retry_topic"] += 1
+        self.metrics.retries.labels(topic=origin_spec.topic).inc()
+        return "retry_scheduled"
+
+    async def _write(self, st: PartitionState, m: Any, topic: str, key: bytes | None, value: bytes | None,
+                     headers: list[tuple[str, bytes]]) -> bool:
+        """Produce and wait for the ack, retrying forever (the partition waits); False if fenced meanwhile."""
         producer = self._producer
         assert producer is not None
         delay = 0.2
@@ -851,7 +894,7 @@ class Worker:
         try:
             while True:
                 if st.revoked:
-                    return None
+                    return False
                 try:
                     fut = producer.send(topic, value, key, headers, partition=None)
                     if _CRASH:
@@ -866,7 +909,23 @@ class Worker:
                     delay = min(delay * 2, 5.0)
         finally:
             self._dlq_pending(-1)
-        log.warning("%s %s[%d]@%d -> %s: %s: %s", reason, st.topic, st.partition, m.offset(), topic, etype, emsg)
+        return True
+
+    async def _divert(self, st: PartitionState, m: Any, topic: str, reason: str, exc: BaseException,
+                      attempts: int, idem_key: str | None, *, complete: bool = False,
+                      first_failure: float | None = None,
+                      origin: tuple[str, int, int, int | None, int, float | None] | None = None) -> str | None:
+        """Write the original record to the DLQ or quarantine topic; wait for the ack, retrying forever."""
+        info = self._failure_info(st, exc, attempts, reason, idem_key, first_failure)
+        src = origin or (st.topic, st.partition, m.offset(), m.timestamp()[1], 0, None)
+        key, value = m.key(), m.value()
+        headers = dead_letter_headers(m.headers(), source_topic=src[0], partition=src[1], offset=src[2],
+                                      timestamp_ms=src[3], info=info, key_len=len(key or b""),
+                                      value_len=len(value or b""))
+        if not await self._write(st, m, topic, key, value, headers):
+            return None
+        log.warning("%s %s[%d]@%d -> %s: %s: %s", reason, st.topic, st.partition, m.offset(), topic,
+                    info.error_type, info.error_message)
         if complete and self._store is not None and idem_key is not None:
             await self._store.complete(idem_key)
         return "quarantined" if reason == "quarantine" else "dead_lettered"
