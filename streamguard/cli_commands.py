@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,49 @@ def _worker_command(args: argparse.Namespace, toml_path: Path | None, http_port:
     return cmd
 
 
+def _preflight(app: Any) -> None:
+    """Reach the cluster once with the worker's own security settings before starting anything.
+
+    Turns rejected credentials into :class:`AuthenticationFailed` (exit 3) within seconds and an unreachable
+    cluster into :class:`KafkaUnavailable` (exit 2) within ``startup_timeout``, so neither the single worker
+    nor the supervisor's N workers retry forever. (The worker's own startup does not see authentication
+    errors yet: librdkafka reports them only through ``error_cb`` on a polled client; see docs/running.md.)
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from streamguard.errors import AuthenticationFailed, KafkaUnavailable
+
+    prefixes = ("bootstrap.", "security.", "sasl.", "ssl.", "socket.", "client.")
+    errors: list[KafkaError] = []
+    config = {"bootstrap.servers": app.brokers, **{k: v for k, v in app.settings.kafka.items()
+                                                   if k.startswith(prefixes)},
+              "log_level": 0, "error_cb": errors.append}
+    try:
+        admin = AdminClient(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid security/connection setting: {exc}") from exc
+    auth_codes = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+    timeout = app.settings.startup_timeout
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.2, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc
+        admin.poll(0)
+        rejected = [e for e in errors if e.code() in auth_codes]
+        if rejected:
+            user = app.settings.kafka.get("sasl.username")
+            who = f" of user {user!r}" if user else ""
+            raise AuthenticationFailed(f"the cluster at {app.brokers} rejected the credentials{who}: "
+                                       f"{rejected[0].str()}; not retrying (fix the credentials)")
+        if time.monotonic() >= deadline:
+            raise KafkaUnavailable(f"no broker reachable at {app.brokers} within {timeout:.0f}s ({last})")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from streamguard.observability.logs import configure_logging
 
@@ -69,6 +113,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     app = load_app(args.app)  # also the supervisor's fail-fast check of the import path
     settings, toml_path = _effective_settings(app, args)
+    from streamguard.errors import AuthenticationFailed
+
+    try:
+        _preflight(app)
+    except AuthenticationFailed as exc:
+        print(f"streamguard: {exc}", file=sys.stderr, flush=True)
+        return 3
     if args.workers > 1:
         from streamguard.runtime.supervisor import Supervisor
 

@@ -59,7 +59,8 @@ _POSITIVE_INTS = {"poll_batch", "max_inflight_total", "sync_threads", "metadata_
 _OFFSET_RESETS = ("earliest", "latest", "smallest", "largest", "beginning", "end", "error")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_KAFKA_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+# lower-case words joined by dots, underscores inside words ("log_level"): no leading/trailing/doubled "_" or "."
+_KAFKA_NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*(?:\.[a-z0-9]+(?:_[a-z0-9]+)*)*$")
 
 SettingsSources = dict[str, str]
 """Which source set each overridden field (``"commit_interval"`` / ``"kafka.sasl.username"`` -> source)."""
@@ -88,11 +89,6 @@ def _kafka_name_from_env(suffix: str) -> str:
 def _suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _show(name: str, value: object) -> str:
-    """How a rejected value is shown in an error: never the value of a secret."""
-    return "<hidden>" if is_secret(name) else repr(value)
 
 
 def _field_kind(name: str) -> str:

@@ -773,6 +773,8 @@ class Worker:
             attempt += 1
             ctx.attempt = attempt
             fn = spec.fallback if (wait is not None and spec.fallback is not None) else spec.fn
+            if fn is spec.fallback:
+                self.stats["fallbacks"] += 1
             if not gate_held and not gate.try_shared():
                 await gate.shared()
             started = time.monotonic()
@@ -790,6 +792,8 @@ class Worker:
                 if isinstance(exc, CircuitOpen) or (outage is not None and not isinstance(exc, HandlerSignal)):
                     # the dependency is down: wait for it without burning an attempt (no DLQ flood)
                     attempt -= 1
+                    if spec.on_open == "fallback" and fn is not spec.fallback:
+                        continue  # degrade: the next pass serves the fallback
                     self.stats["breaker_waits"] += 1
                     await asyncio.sleep(max(0.05, exc.retry_after if isinstance(exc, CircuitOpen) else outage or 0))
                     continue

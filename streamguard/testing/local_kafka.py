@@ -13,6 +13,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,12 +22,22 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from streamguard.errors import KafkaUnavailable
 from streamguard.testing.distribution import KAFKA_VERSION, ensure_kafka_libs, java_executable
+from streamguard.testing.security import (
+    TlsMaterial,
+    broker_listener_properties,
+    client_settings,
+    make_tls_material,
+    scram_format_args,
+)
+
+SASL_SSL_LISTENER = "SECURE"
 
 _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -73,6 +84,7 @@ class KafkaNode:
     workdir: Path
     proxied_port: int | None = None
     advertised_proxied: tuple[str, int] | None = None
+    sasl_ssl_port: int | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _cmd: list[str] = field(default_factory=list, repr=False)
     _paused: bool = False
@@ -164,13 +176,29 @@ class LocalKafkaCluster:
     ``proxy_for`` may map a node id to the (host, port) that clients should be sent to (a fault proxy);
     the node then also listens on a PROXIED listener that advertises that address, while brokers keep
     replicating over their direct INTERNAL listener.
+
+    ``security="sasl_ssl"`` adds a SASL_SSL client listener (SCRAM-SHA-512 over TLS, certificates from a
+    throw-away CA made with ``keytool``, see :mod:`streamguard.testing.security`) next to the PLAINTEXT
+    one; brokers and controllers keep talking PLAINTEXT. ``sasl_users`` (name -> password) are created at
+    format time; by default one user ``alice`` with a random password (see :attr:`sasl_users`). Clients
+    use :attr:`sasl_ssl_bootstrap` and :meth:`client_security`.
     """
 
     def __init__(self, nodes: int = 1, *, version: str = KAFKA_VERSION, workdir: str | Path | None = None,
                  proxy_for: Callable[[int, int], tuple[str, int]] | None = None,
-                 extra_properties: dict[str, str] | None = None) -> None:
+                 extra_properties: dict[str, str] | None = None,
+                 security: Literal["plaintext", "sasl_ssl"] = "plaintext",
+                 sasl_users: Mapping[str, str] | None = None) -> None:
         if nodes not in (1, 3):
             raise ValueError(f"nodes must be 1 or 3, got {nodes}")
+        if security not in ("plaintext", "sasl_ssl"):
+            raise ValueError(f"security must be 'plaintext' or 'sasl_ssl', got {security!r}")
+        self.security = security
+        self.sasl_users: dict[str, str] = dict(sasl_users) if sasl_users else \
+            ({"alice": secrets.token_hex(12)} if security == "sasl_ssl" else {})
+        if self.sasl_users:
+            scram_format_args(self.sasl_users)  # reject unusable names/passwords now, not at format time
+        self.tls: TlsMaterial | None = None
         self.version = version
         self.size = nodes
         self._own_workdir = workdir is None
@@ -183,6 +211,8 @@ class LocalKafkaCluster:
             if proxy_for is not None:
                 node.proxied_port = free_port()
                 node.advertised_proxied = proxy_for(i, node.proxied_port)
+            if security == "sasl_ssl":
+                node.sasl_ssl_port = free_port()
             self.nodes.append(node)
         self._started = False
 
@@ -196,6 +226,24 @@ class LocalKafkaCluster:
     def proxied_bootstrap(self) -> str:
         """The bootstrap string through the fault proxies (requires ``proxy_for``)."""
         return ",".join(f"{h}:{p}" for n in self.nodes if n.advertised_proxied for h, p in [n.advertised_proxied])
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The bootstrap string of the SASL_SSL listeners (requires ``security="sasl_ssl"``)."""
+        if self.security != "sasl_ssl":
+            raise ValueError("this cluster has no SASL_SSL listener; create it with security='sasl_ssl'")
+        return ",".join(f"127.0.0.1:{n.sasl_ssl_port}" for n in self.nodes)
+
+    def client_security(self, user: str, password: str) -> dict[str, Any]:
+        """librdkafka settings for a client of the SASL_SSL listener (security.protocol, sasl.*, ssl.ca.location).
+
+        Available once the cluster is started (the CA is made at start).
+        """
+        if self.security != "sasl_ssl":
+            raise ValueError("this cluster has no SASL_SSL listener; create it with security='sasl_ssl'")
+        if self.tls is None:
+            raise ValueError("start the cluster first: its CA certificate is generated at start")
+        return client_settings(self.tls.ca_pem, user, password)
 
     def node(self, node_id: int) -> KafkaNode:
         return self.nodes[node_id - 1]
@@ -213,6 +261,12 @@ class LocalKafkaCluster:
             host, port = node.advertised_proxied
             advertised.append(f"PROXIED://{host}:{port}")
             protocols += ",PROXIED:PLAINTEXT"
+        secure: dict[str, str] = {}
+        if node.sasl_ssl_port and self.tls is not None:
+            listeners.append(f"{SASL_SSL_LISTENER}://127.0.0.1:{node.sasl_ssl_port}")
+            advertised.append(f"{SASL_SSL_LISTENER}://127.0.0.1:{node.sasl_ssl_port}")
+            protocols += f",{SASL_SSL_LISTENER}:SASL_SSL"
+            secure = broker_listener_properties(SASL_SSL_LISTENER, self.tls)
         props = {
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
@@ -245,6 +299,7 @@ class LocalKafkaCluster:
             "num.recovery.threads.per.data.dir": "1",
             "replica.lag.time.max.ms": "10000",
         }
+        props.update(secure)
         props.update(self.extra_properties)
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -259,9 +314,13 @@ class LocalKafkaCluster:
         # --cluster-id=ID, not -t ID: a random id may begin with "-" and be taken for an option
         fmt = subprocess.run([*base, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                               "-c", str(props),
-                              "--ignore-formatted"], capture_output=True, text=True)
+                              "--ignore-formatted", *scram_format_args(self.sasl_users)],
+                             capture_output=True, text=True)
         if fmt.returncode != 0:
-            raise KafkaUnavailable(f"formatting storage of node {node.node_id} failed:\n{fmt.stdout}{fmt.stderr}")
+            output = f"{fmt.stdout}{fmt.stderr}"
+            for password in self.sasl_users.values():
+                output = output.replace(password, "***")
+            raise KafkaUnavailable(f"formatting storage of node {node.node_id} failed:\n{output}")
         node._cmd = [*base, "kafka.Kafka", str(props)]
 
     def start(self, timeout: float = 120.0) -> LocalKafkaCluster:
@@ -273,6 +332,8 @@ class LocalKafkaCluster:
         _LIVE.add(self)
         self._started = True
         try:
+            if self.security == "sasl_ssl" and self.tls is None:
+                self.tls = make_tls_material(self.workdir / "tls", java=java)
             for node in self.nodes:
                 self._prepare(node, libs, java)
             for node in self.nodes:
