@@ -7,7 +7,7 @@ Configuration is validated by librdkafka itself when a client is built; its comp
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -51,12 +51,19 @@ def make_producer(config: Mapping[str, Any]) -> Producer:
 
 def make_admin(config: Mapping[str, Any]) -> AdminClient:
     allowed = {k: v for k, v in config.items() if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.",
-                                                                 "client.", "socket.", "log", "metadata."))}
+                                                                 "client.", "socket.", "log", "metadata.",
+                                                                 "error_cb"))}
     return _build(AdminClient, allowed, "admin")
 
 
-def wait_for_cluster(admin: AdminClient, timeout: float, bootstrap: str) -> Any:
-    """Cluster metadata, or :class:`KafkaUnavailable` after ``timeout`` seconds of trying."""
+def wait_for_cluster(admin: AdminClient, timeout: float, bootstrap: str,
+                     abort: Callable[[], bool] | None = None) -> Any:
+    """Cluster metadata, or :class:`KafkaUnavailable` after ``timeout`` seconds of trying.
+
+    librdkafka reports rejected credentials only through ``error_cb`` while the client is polled, so
+    after each failure the admin client is polled and ``abort()`` (set by that callback) ends the wait
+    with :class:`AuthenticationFailed` instead of a misleading "unreachable".
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while True:
@@ -67,14 +74,18 @@ def wait_for_cluster(admin: AdminClient, timeout: float, bootstrap: str) -> Any:
             if isinstance(mapped, AuthenticationFailed):
                 raise mapped from exc
             last = exc
+        admin.poll(0)
+        if abort is not None and abort():
+            raise AuthenticationFailed(f"the cluster at {bootstrap} rejected the credentials")
         if time.monotonic() >= deadline:
             raise KafkaUnavailable(f"no broker reachable at {bootstrap} within {timeout:.0f}s ({last})")
         time.sleep(0.5)
 
 
-def partition_counts(admin: AdminClient, topics: Iterable[str], timeout: float, bootstrap: str) -> dict[str, int]:
+def partition_counts(admin: AdminClient, topics: Iterable[str], timeout: float, bootstrap: str,
+                     abort: Callable[[], bool] | None = None) -> dict[str, int]:
     """Partition count of each topic; :class:`UnknownTopic` naming every missing one."""
-    md = wait_for_cluster(admin, timeout, bootstrap)
+    md = wait_for_cluster(admin, timeout, bootstrap, abort)
     counts: dict[str, int] = {}
     missing = []
     for t in topics:

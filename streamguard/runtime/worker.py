@@ -179,8 +179,9 @@ class Worker:
             raise ConfigError(f"app {self.app.name!r} has no handlers")
         cfg = self._consumer_config()
         base = {k: v for k, v in cfg.items() if k.startswith(("bootstrap.", "security.", "sasl.", "ssl."))}
-        admin = make_admin(base)
-        counts = partition_counts(admin, self.app.handlers, self.settings.startup_timeout, self.app.brokers)
+        admin = make_admin({**base, "error_cb": self._on_client_error})
+        counts = partition_counts(admin, self.app.handlers, self.settings.startup_timeout, self.app.brokers,
+                                  abort=lambda: self.stats["auth_failed"] > 0)
         if self.stats["auth_failed"]:
             raise AuthenticationFailed(f"the cluster at {self.app.brokers} rejected the credentials")
         if self.settings.create_failure_topics:

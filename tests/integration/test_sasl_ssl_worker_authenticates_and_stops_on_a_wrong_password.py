@@ -108,9 +108,6 @@ def test_wrong_password_stops_with_exit_3_and_never_prints_it(secure_kafka, tmp_
     assert not (tmp_path / "handled.txt").exists() or not (tmp_path / "handled.txt").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="Worker._prepare builds its admin client without error_cb and never polls "
-                                       "it, so rejected credentials look like an unreachable broker "
-                                       "(KafkaUnavailable after startup_timeout); see docs/running.md")
 def test_worker_itself_reports_rejected_credentials(secure_kafka):
     user, _ = next(iter(secure_kafka.sasl_users.items()))
     topic = create_topic(secure_kafka.bootstrap, f"secure-{uuid.uuid4().hex[:8]}", 1)
