@@ -78,6 +78,8 @@ class Settings:
     http_port: int | None = None
     http_host: str = "127.0.0.1"
     log_values: bool = False
+    detect_gaps: bool = False
+    stuck_after: float = 60.0
     kafka: dict[str, Any] = field(default_factory=dict)
 
 

@@ -52,6 +52,7 @@ from streamguard.errors import (
 )
 from streamguard.kafka.clients import ensure_topics, make_admin, make_consumer, partition_counts
 from streamguard.kafka.producer import ReliableProducer
+from streamguard.runtime.gaps import GapDetector
 from streamguard.runtime.partition import Flow, LaneJob, PartitionState
 from streamguard.runtime.solo_gate import SoloGate
 from streamguard.runtime.store_batcher import StoreBatcher
@@ -80,6 +81,7 @@ class Worker:
         from streamguard.observability.metrics import Metrics
 
         self.metrics: Metrics = metrics or Metrics()
+        self._gaps = GapDetector() if app.settings.detect_gaps else None
         self._specs: dict[str, HandlerSpec] = dict(app.handlers)
         for spec in app.handlers.values():  # each retry topic is consumed by a derived, partition-serial spec
             for level in range(1, len(spec.retry_topics) + 1):
@@ -122,11 +124,18 @@ class Worker:
         return (age < 30.0, f"last poll {age:.1f}s ago")
 
     def ready(self) -> tuple[bool, str]:
-        """Ready when partitions are assigned and none is stuck (oldest in-flight work younger than 60 s)."""
+        """Ready when partitions are assigned and none is stuck: a partition with work in flight that has not
+        resolved anything for ``stuck_after`` seconds."""
         if not self._ready.is_set():
             return False, "starting"
         if not self._states:
             return False, "no partitions assigned"
+        now = time.monotonic()
+        limit = self.settings.stuck_after
+        stuck = [f"{st.topic}[{st.partition}]" for st in list(self._states.values())
+                 if st.scheduler.running and st.progress_at and now - st.progress_at > limit]
+        if stuck:
+            return False, f"no progress for over {limit:.0f}s on {', '.join(sorted(stuck))}"
         return True, f"{len(self._states)} partition(s) assigned"
 
     def stop(self, hard: bool = False) -> None:
@@ -391,6 +400,8 @@ class Worker:
             if old is not None:
                 self._fence(old)
             st = PartitionState(self._specs[topic], partition, committed, skip, flow)
+            if self._gaps is not None:
+                self._gaps.reset(topic, partition)
             spec = st.spec
             st.lane = (not spec.is_async and spec.ordering == "partition" and self._store is None
                        and not spec.breakers and spec.fallback is None and spec.retry_of is None)
@@ -481,6 +492,7 @@ class Worker:
     def _dispatch(self, msgs: list[Any]) -> None:
         touched: dict[tuple[str, int], PartitionState] = {}
         states = self._states
+        gaps = self._gaps
         for m in msgs:
             k = (m.topic(), m.partition())
             st = states.get(k)
@@ -490,6 +502,10 @@ class Worker:
                 st.flow.released += 1
                 continue
             offset = m.offset()
+            if gaps is not None:
+                gap = gaps.observe(st.topic, st.partition, m.headers())
+                if gap is not None:
+                    self._report_gap(st, offset, *gap)
             try:
                 skip = st.tracker.track(offset)
             except ValueError:
@@ -510,7 +526,16 @@ class Worker:
         for st in touched.values():
             self._start_ready(st)
 
+    def _report_gap(self, st: PartitionState, offset: int, producer: str, missing: int) -> None:
+        self.stats["sequence_gaps"] += missing
+        self.metrics.sequence_gaps.labels(topic=st.topic, partition=str(st.partition)).inc(missing)
+        log.error("sequence gap: %d record(s) from producer %s never reached %s[%d] (seen at offset %d)",
+                  missing, producer, st.topic, st.partition, offset,
+                  extra={"topic": st.topic, "partition": st.partition, "offset": offset})
+
     def _start_ready(self, st: PartitionState) -> None:
+        if not st.scheduler.running:
+            st.progress_at = time.monotonic()
         if st.lane:
             self._start_lane(st)
             return
@@ -609,6 +634,8 @@ class Worker:
             self.stats["fenced"] += done
             return
         tracker = st.tracker
+        if done:
+            st.progress_at = time.monotonic()
         for m in batch[:done]:
             tracker.mark_done(m.offset())
         st.scheduler.finish_many(key, done, keep_running=failed is not None)
@@ -642,6 +669,7 @@ class Worker:
         st.tracker.mark_done(offset)
         st.scheduler.finish(key)
         st.flow.released += 1
+        st.progress_at = time.monotonic()
         if not st.draining:
             self._start_ready(st)
         elif st.drained is not None and st.scheduler.running == 0:
