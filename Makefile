@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench kafka-jars clean
+.PHONY: demo test lint bench chaos kafka-jars clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "streamguard needs Python 3.11+"'
@@ -29,6 +29,9 @@ lint: $(VENV)/.installed
 
 bench: kafka-jars
 	$(PY) -m benchmarks.run
+
+chaos: kafka-jars
+	$(PY) -m streamguard.chaos.battery
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

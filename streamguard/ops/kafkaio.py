@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,11 @@ from streamguard.core.envelope import Envelope, Header, parse_envelope
 from streamguard.errors import KafkaOperationError, StreamguardError
 from streamguard.kafka.clients import ensure_topics, make_admin, make_consumer, map_error, wait_for_cluster
 
+_COORDINATOR_CODES = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                      KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._WAIT_COORD, KafkaError._TIMED_OUT,
+                      KafkaError.REQUEST_TIMED_OUT}
+COORDINATOR_RETRY_SECONDS = 30.0
+"""How long group-coordinator calls (committed offsets, commits) retry retriable errors."""
 READ_IDLE_TIMEOUT = 30.0
 """Seconds without any progress while reading a range before giving up (a broker that stopped answering)."""
 
@@ -142,12 +147,29 @@ class Cluster:
         finally:
             consumer.unassign()
 
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run a group-coordinator call, retrying retriable errors (coordinator moving or loading) for a while."""
+        deadline = time.monotonic() + max(self.timeout, COORDINATOR_RETRY_SECONDS)
+        delay = 0.1
+        while True:
+            try:
+                result = call()
+                for tp in result if isinstance(result, list) else []:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                return result
+            except KafkaException as exc:
+                kerr = exc.args[0] if exc.args else None
+                retriable = isinstance(kerr, KafkaError) and (kerr.retriable() or kerr.code() in _COORDINATOR_CODES)
+                if not retriable or time.monotonic() + delay > deadline:
+                    raise map_error(exc, what) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def committed(self, consumer: Any, topic: str, partitions: int) -> dict[int, tuple[int, str]]:
         """The consumer's group position per partition: ``partition -> (offset, metadata)``; absent if none."""
-        try:
-            tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=self.timeout)
-        except KafkaException as exc:
-            raise map_error(exc, f"reading the committed offsets of {topic}") from exc
+        tps = self._retrying(f"reading the committed offsets of {topic}", lambda: consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=self.timeout))
         return {tp.partition: (tp.offset, tp.metadata or "") for tp in tps if tp.offset >= 0}
 
     def commit(self, consumer: Any, topic: str, positions: Mapping[int, tuple[int, str]]) -> None:
@@ -155,13 +177,8 @@ class Cluster:
         if not positions:
             return
         tps = [TopicPartition(topic, p, off, meta) for p, (off, meta) in sorted(positions.items())]
-        try:
-            result = consumer.commit(offsets=tps, asynchronous=False)
-        except KafkaException as exc:
-            raise map_error(exc, f"committing the replay position of {topic}") from exc
-        for tp in result or []:
-            if tp.error is not None:
-                raise map_error(tp.error, f"committing the replay position of {topic}[{tp.partition}]")
+        self._retrying(f"committing the replay position of {topic}",
+                       lambda: consumer.commit(offsets=tps, asynchronous=False))
 
     def delete_records(self, topic: str, before: Mapping[int, int]) -> dict[int, int]:
         """Delete the records below ``before[partition]``; returns the new low watermark per partition."""

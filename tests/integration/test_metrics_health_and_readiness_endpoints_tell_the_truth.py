@@ -59,7 +59,7 @@ def test_endpoints(kafka, new_topic, tmp_path):
         assert "m1" not in metrics  # no message values in metrics
         produce_all(kafka.bootstrap, topic, [(b"s", b"stuck")], partition=0)
         wait_until(lambda: _get(f"{base}/readyz")[0] == 503, 30, what="/readyz reports the stuck partition")
-        status, body = _get(f"{base}/readyz")
+        _status, body = _get(f"{base}/readyz")
         assert f"{topic}[0]" in body
         assert _get(f"{base}/healthz")[0] == 200  # the poll loop is alive: healthy, not ready
         release.write_text("go")
