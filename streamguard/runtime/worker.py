@@ -957,8 +957,13 @@ class Worker:
                                       value_len=len(value or b""))
         if not await self._write(st, m, topic, key, value, headers):
             return None
+        extra: dict[str, Any] = {"topic": st.topic, "partition": st.partition, "offset": m.offset(),
+                                 "key": key.decode("utf-8", "replace") if key else None, "attempt": attempts,
+                                 "idempotency_key": idem_key, "worker": self.worker_id}
+        if self.settings.log_values:  # explicit debug switch: values may be sensitive
+            extra["value_preview"] = (value or b"")[:200].decode("utf-8", "replace")
         log.warning("%s %s[%d]@%d -> %s: %s: %s", reason, st.topic, st.partition, m.offset(), topic,
-                    info.error_type, info.error_message)
+                    info.error_type, info.error_message, extra=extra)
         if complete and self._store is not None and idem_key is not None:
             await self._store.complete(idem_key)
         return "quarantined" if reason == "quarantine" else "dead_lettered"
