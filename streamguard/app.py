@@ -79,6 +79,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     log_values: bool = False
     detect_gaps: bool = False
+    idempotency_retention: float = 7 * 86400.0  # completed keys older than this are deleted (hourly sweep)
     stuck_after: float = 60.0
     kafka: dict[str, Any] = field(default_factory=dict)
 

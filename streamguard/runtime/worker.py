@@ -246,6 +246,7 @@ class Worker:
         log.info("worker %s consuming %s as group %s", self.worker_id, topics, self.app.group_id)
         s = self.settings
         next_commit = time.monotonic() + s.commit_interval
+        next_sweep = time.monotonic() + 60.0
         try:
             while not self._stop.is_set():
                 self._poll_once(consumer, s.poll_batch, s.poll_timeout)
@@ -253,10 +254,23 @@ class Worker:
                     self._commit(asynchronous=True)
                     self._update_gauges()
                     next_commit = time.monotonic() + s.commit_interval
+                    if self.app.idempotency is not None and time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + 3600.0
+                        self._store_pool.submit(self._sweep, self.app.idempotency, s.idempotency_retention)
             self._shutdown(consumer)
         finally:
             restore()
             self._teardown()
+
+    @staticmethod
+    def _sweep(store: Any, retention: float) -> None:
+        """Delete completed idempotency keys older than ``retention`` (keeps the store from growing forever)."""
+        try:
+            removed = store.cleanup(retention)
+            if removed:
+                log.info("idempotency store: removed %d completed key(s) older than %.0fs", removed, retention)
+        except Exception as exc:
+            log.warning("idempotency store cleanup failed: %s", exc)
 
     def _poll_once(self, consumer: Any, batch: int, timeout: float) -> None:
         if self._flow_control(consumer):
