@@ -71,21 +71,24 @@ RAW_SERIAL_MESSAGES = 400
 log = logging.getLogger("benchmarks")
 
 
-# streamguard's default Settings.max_inflight_total is 10,000. With it, a partition paused because the
-# worker-wide budget was exceeded is never resumed if its own messages all resolve while the total is still
-# above 80% of the budget (resume is only considered when one of the partition's own messages resolves), so
-# the run stalls with that partition paused and nothing buffered. The prefetch of a benchmark overshoots
-# the budget easily, so by default the benchmark raises it out of the way (per-partition bulkheads still
-# apply); ``--max-inflight-total 10000`` reproduces the stall.
-MAX_INFLIGHT_TOTAL = 1_000_000
+# peers (benchmarks/peers.py) whose handler is much slower per message get smaller counts
+FASTSTREAM_NOOP_MESSAGES = 1_000  # it commits once per message (ack after each handler call)
+FASTSTREAM_KEY_MESSAGES = 1_200
+
+# the memory benchmark: a large backlog consumed by one worker in a subprocess
+RSS_BACKLOG = 1_000_000
+RSS_PREFILL_BUDGET = 60.0  # seconds; the backlog is cut short (and the report says so) if producing takes longer
+RSS_SECONDS = 20.0
+RSS_HANDLER_SLEEP = 0.001
+RSS_LIMIT_MB = 200.0
 
 # --------------------------------------------------------------------------------------------- systems
 @dataclass(frozen=True)
 class System:
     name: str
-    kind: str  # "raw" | "sg"
+    kind: str  # "raw" | "sg" | a peer: "aiokafka" | "faststream" | "quixstreams" | "arroyo"
     messages: int
-    topic: str = "uniform"  # "uniform" | "zipf"
+    topic: str = "uniform"  # "uniform" | "zipf" | "uniform-1k" (1 KB values)
     sleep: float = 0.0  # handler duration (0: no-op)
     sync: bool = False  # sync (thread pool) or async handler
     ordering: str = "key"
@@ -94,9 +97,10 @@ class System:
     keys: int | None = None  # concurrent keys worker-wide, as configured
     bound: float | None = None  # theoretical msgs/s
     note: str = ""
+    guarantee: str = "at-least-once"  # as run; with what the system cannot offer at this configuration
 
 
-def make_systems(noop: int, key: int, serial: int, raw_serial: int) -> list[System]:
+def make_systems(noop: int, key: int, serial: int, raw_serial: int, fs_noop: int, fs_key: int) -> list[System]:
     systems = [
         System("raw", "raw", noop, note="confluent_kafka.Consumer, consume(500, 0.1), store_offsets per message"),
         System("raw-5ms-serial", "raw", raw_serial, sleep=SLEEP, bound=1 / SLEEP,
@@ -117,6 +121,39 @@ def make_systems(noop: int, key: int, serial: int, raw_serial: int) -> list[Syst
     systems.append(System("sg-5ms-key-100-zipf", "sg", key, topic="zipf", sleep=SLEEP, ordering="key",
                           concurrency=math.ceil(100 / PARTITIONS), keys=100, bound=100 / SLEEP,
                           note=f"sg-5ms-key-100 on the Zipf(s={ZIPF_S}) topic"))
+    # 1 KB values
+    systems += [
+        System("raw-1k", "raw", noop, topic="uniform-1k", note="raw on the 1 KB-value topic"),
+        System("sg-noop-partition-1k", "sg", noop, topic="uniform-1k", sync=True, ordering="partition",
+               concurrency=1, note="sg-noop-partition on the 1 KB-value topic"),
+        System("sg-noop-key-1k", "sg", noop, topic="uniform-1k", ordering="key", concurrency=64,
+               note="sg-noop-key on the 1 KB-value topic"),
+    ]
+    # the peers (benchmarks/peers.py), same topics, same handlers, at-least-once
+    systems += [
+        System("aiokafka-noop", "aiokafka", noop,
+               note="AIOKafkaConsumer.getmany(max_records=500), enable_auto_commit=False, commit(offsets) of the "
+               "processed records at most once a second"),
+        System("aiokafka-5ms-key-100", "aiokafka", key, sleep=SLEEP, concurrency=100, keys=100, bound=100 / SLEEP,
+               note="getmany batch -> per-key chains of asyncio.sleep(0.005), 100 at once (Semaphore), "
+               "gather, then commit"),
+        System("faststream-noop", "faststream", fs_noop,
+               note="KafkaBroker subscriber, ack_policy=AckPolicy.ACK (commit after each handler call), "
+               "in-process, logger=None"),
+        System("faststream-5ms-6", "faststream", fs_key, sleep=SLEEP, concurrency=PARTITIONS, keys=PARTITIONS,
+               bound=PARTITIONS / SLEEP, note="same, async 5 ms, max_workers=6",
+               guarantee="at-least-once; concurrency only 1 per partition (with ACK, max_workers is consumers "
+               "in the group; more concurrency needs ACK_FIRST = at-most-once)"),
+        System("quixstreams-noop", "quixstreams", noop,
+               note='Application(commit_interval=1.0, processing_guarantee="at-least-once"), sdf.update(handler)'),
+        System("quixstreams-5ms-serial", "quixstreams", raw_serial, sleep=SLEEP, bound=1 / SLEEP,
+               note="same, time.sleep(0.005)", guarantee="at-least-once; no concurrency offered (serial)"),
+        System("arroyo-noop", "arroyo", noop,
+               note="StreamProcessor(KafkaConsumer, RunTask -> CommitOffsets, ONCE_PER_SECOND)"),
+        System("arroyo-5ms-threads-100", "arroyo", key, sleep=SLEEP, concurrency=100, keys=100, bound=100 / SLEEP,
+               note="RunTaskInThreads(time.sleep(0.005), concurrency=100) -> CommitOffsets",
+               guarantee="at-least-once; no per-key ordering (any 100 messages at once)"),
+    ]
     return systems
 
 

@@ -33,5 +33,5 @@ def test_invalid_librdkafka_setting_is_named(kafka, new_topic):
     topic = new_topic()
     app = App("bad-setting", kafka.bootstrap, kafka={"fetch.wait.max.msx": 5}, settings=Settings(startup_timeout=10))
     app.handler(topic)(lambda m: None)
-    with pytest.raises(ConfigError, match="fetch.wait.max.msx"):
+    with pytest.raises(ConfigError, match=r"fetch\.wait\.max\.msx"):
         app.worker(install_signals=False).run()
