@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import cProfile
 import datetime
 import gc
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+
+from benchmarks import peers
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,12 +180,12 @@ def key_bytes(i: int) -> bytes:
     return f"key-{i:05d}".encode()
 
 
-def value_bytes(i: int) -> bytes:
+def value_bytes(i: int, size: int = VALUE_BYTES) -> bytes:
     head = f"{i:012d}|".encode()
-    return head + b"x" * (VALUE_BYTES - len(head))
+    return head + b"x" * (size - len(head))
 
 
-def prefill(bootstrap: str, topic: str, indices: list[int]) -> dict[tuple[int, int], int]:
+def prefill(bootstrap: str, topic: str, indices: list[int], size: int = VALUE_BYTES) -> dict[tuple[int, int], int]:
     """Produce one record per key index (idempotent, acks=all); return delivered counts by (partition, key)."""
     counts: dict[tuple[int, int], int] = collections.Counter()
     errors: list[str] = []
@@ -198,7 +201,7 @@ def prefill(bootstrap: str, topic: str, indices: list[int]) -> dict[tuple[int, i
     for i, k in enumerate(indices):
         while True:
             try:
-                producer.produce(topic, value_bytes(i), key_bytes(k), on_delivery=on_delivery)
+                producer.produce(topic, value_bytes(i, size), key_bytes(k), on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -208,6 +211,34 @@ def prefill(bootstrap: str, topic: str, indices: list[int]) -> dict[tuple[int, i
     if left or errors:
         raise RuntimeError(f"prefill of {topic}: {left} undelivered, {len(errors)} errors ({errors[:3]})")
     return counts
+
+
+def prefill_fast(bootstrap: str, topic: str, n: int, budget: float, rng: random.Random) -> tuple[int, float]:
+    """Produce up to ``n`` records of VALUE_BYTES (uniform keys) as fast as possible (acks=1, no idempotence,
+    linger.ms=50, large batches) for at most ``budget`` seconds; return (records in the log, seconds)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 50, "batch.num.messages": 100_000,
+                         "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
+                         "queue.buffering.max.kbytes": 1_048_576, "log_level": 3})
+    keys = [key_bytes(k) for k in range(KEYS)]
+    value = b"x" * (VALUE_BYTES - 13)
+    t0 = time.monotonic()
+    produce, poll = producer.produce, producer.poll
+    i = 0
+    while i < n:
+        try:
+            produce(topic, b"%012d|" % i + value, keys[rng.randrange(KEYS)])
+        except BufferError:
+            poll(0.05)
+            continue
+        i += 1
+        if i % 10_000 == 0:
+            poll(0)
+            if time.monotonic() - t0 > budget:
+                break
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"prefill of {topic}: {left} undelivered")
+    return log_end_total(bootstrap, topic), time.monotonic() - t0
 
 
 def log_end_total(bootstrap: str, topic: str) -> int:
@@ -361,18 +392,18 @@ class StopAtCounter(collections.Counter):  # type: ignore[type-arg]
         self.probe = probe
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        before = self.get(key, 0)
         super().__setitem__(key, value)
-        if key == "ok" and value == self.n:
+        if key == "ok" and before < self.n <= value:  # "ok" grows by whole batches: it may step over n
             self.probe.end()
 
 
-def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: Path,
-             max_inflight_total: int = MAX_INFLIGHT_TOTAL) -> Any:
+def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: Path) -> Any:
     from streamguard import App, Settings, SqliteStore
 
     store = SqliteStore(workdir / f"idem-{uuid.uuid4().hex[:8]}.db") if system.sqlite else None
     name = f"bench-{system.name}-{uuid.uuid4().hex[:8]}"
-    settings = Settings(commit_interval=1.0, max_inflight_total=max_inflight_total)
+    settings = Settings()  # the defaults (commit_interval=1.0, max_inflight_total=10,000, ...)
     app = App(name, bootstrap, idempotency=store, settings=settings)
     opts: dict[str, Any] = {"ordering": system.ordering, "concurrency": system.concurrency}
     if not system.sleep:
@@ -403,10 +434,10 @@ def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: 
 
 
 def run_sg(system: System, bootstrap: str, topic: str, rnd: int, workdir: Path,
-           profile: dict[str, cProfile.Profile] | None = None, max_inflight_total: int = MAX_INFLIGHT_TOTAL) -> Result:
+           profile: dict[str, Any] | None = None) -> Result:
     res = Result(system.name, rnd)
     probe = Probe()
-    app = build_sg(system, bootstrap, topic, probe, workdir, max_inflight_total)
+    app = build_sg(system, bootstrap, topic, probe, workdir)
     worker = app.worker(install_signals=False)
     worker.stats = probe.stats = StopAtCounter(system.messages, probe)
     if profile is not None:
@@ -450,6 +481,34 @@ def run_sg(system: System, bootstrap: str, topic: str, rnd: int, workdir: Path,
     return res
 
 
+# --------------------------------------------------------------------------------------------- peers
+def run_peer(system: System, bootstrap: str, topic: str, rnd: int) -> Result:
+    res = Result(system.name, rnd)
+    wall0 = time.monotonic()
+    args = (system.name, bootstrap, topic, system.messages, system.sleep)
+    try:
+        if system.kind == "aiokafka":
+            m = peers.run_aiokafka(*args, system.concurrency, RUN_TIMEOUT)
+        elif system.kind == "faststream":
+            m = peers.run_faststream(*args, system.concurrency, RUN_TIMEOUT)
+        elif system.kind == "quixstreams":
+            m = peers.run_quixstreams(*args, RUN_TIMEOUT)
+        elif system.kind == "arroyo":
+            m = peers.run_arroyo(*args, system.concurrency, RUN_TIMEOUT)
+        else:
+            raise ValueError(f"unknown kind {system.kind!r}")
+    except Exception as exc:  # a peer that cannot run here is reported, not fatal
+        log.warning("%s failed", system.name, exc_info=True)
+        m = peers.Measurement(error=f"could not run: {exc!r}"[:300])
+    res.error = m.error
+    if m.error is None and m.seconds > 0:
+        _fill(res, m.count, m.seconds, m.cpu, m.commits or 0)
+        if m.commits is None:
+            res.commits_per_s = float("nan")
+    res.wall_seconds = time.monotonic() - wall0
+    return res
+
+
 def _describe(worker: Any) -> str:
     """Best-effort snapshot of the worker's partitions (read from another thread: diagnostics only)."""
     out = []
@@ -460,12 +519,24 @@ def _describe(worker: Any) -> str:
     return "; ".join(out) + f"; stats={dict(worker.stats)}"
 
 
-def _profile_threads(worker: Any, profile: dict[str, cProfile.Profile]) -> None:
+def _profile_threads(worker: Any, profile: dict[str, Any]) -> None:
     """Run the worker's event loop under its own profiler (benchmark-side; streamguard is unchanged)."""
     loop = worker._loop
     prof = profile["loop thread"]
     worker._loop_thread = threading.Thread(target=lambda: prof.runcall(loop.run_forever), name="streamguard-loop",
                                            daemon=True)
+    # sync handlers run on the worker's thread pool: give each of its threads a profiler of its own, merged
+    # into "handler threads" when the report is printed (the threads have ended by then)
+    pool_profiles: list[cProfile.Profile] = profile.setdefault("handler threads", [])
+
+    def start_thread_profile() -> None:
+        prof = cProfile.Profile()
+        pool_profiles.append(prof)
+        prof.enable()
+
+    worker._pool.shutdown(wait=False)
+    worker._pool = concurrent.futures.ThreadPoolExecutor(worker.settings.sync_threads, "streamguard-handler",
+                                                         initializer=start_thread_profile)
 
 
 # --------------------------------------------------------------------------------------------- summary

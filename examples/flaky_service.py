@@ -48,5 +48,5 @@ app = App("notifier", settings=Settings(commit_interval=1.0))
 async def notify(payload: bytes, ctx: Context) -> None:
     if ctx.header("rate-limited") == b"1":
         raise RetryLater(60.0, "the customer is rate limited")  # handler-chosen delay
-    async with breaker:
+    async with breaker.guard():
         await service.send(payload)
