@@ -774,6 +774,9 @@ class Worker:
         gate = self._gate
         assert store is not None and gate is not None
         suspect = False
+        replayed_from = ctx.header("streamguard.replayed-from")
+        if replayed_from:
+            await self._reset_once_for_replay(ctx.idempotency_key, replayed_from.decode("utf-8", "replace"))
         if spec.max_deliveries is not None:
             suspect = await store.deliveries(ctx.idempotency_key) >= 1
         if suspect:
@@ -792,11 +795,25 @@ class Worker:
                 exc2 = CrashLoopDetected(f"delivered {claim.deliveries - 1} times without resolving "
                                          f"(max_deliveries={spec.max_deliveries})")
                 return await self._divert(st, m, spec.quarantine, "quarantine", exc2, claim.deliveries - 1,
-                                          ctx.idempotency_key, complete=True)
+                                          ctx.idempotency_key, release=True)
             return await self._attempts(st, m, model, ctx, gate_held=suspect)
         finally:
             if suspect:
                 await gate.release_exclusive()
+
+    async def _reset_once_for_replay(self, key: str, replayed_from: str) -> None:
+        """A person replayed or released this record: give it a fresh crash-loop budget, once.
+
+        A marker key per replayed record (claimed and completed in the store) makes the reset happen the
+        first time only, so a released message that crashes the worker again is still stopped.
+        """
+        store = self._store
+        assert store is not None
+        marker = f"streamguard:replay-reset:{replayed_from}"
+        claim = await store.claim(marker)
+        if claim.status is ClaimStatus.ACQUIRED and claim.deliveries == 1:
+            await store.call("reset_deliveries", key)
+            await store.complete(marker)
 
     async def _attempts(self, st: PartitionState, m: Any, model: Any, ctx: Context, gate_held: bool,
                         prior: BaseException | None = None) -> str | None:
@@ -851,10 +868,10 @@ class Worker:
                 if isinstance(decision, GiveUp) or isinstance(exc, (PermanentFailure, Quarantine)):
                     if isinstance(exc, Quarantine):
                         return await self._divert(st, m, spec.quarantine, "quarantine", exc, attempt,
-                                                  ctx.idempotency_key, complete=True, first_failure=first_failure,
+                                                  ctx.idempotency_key, release=True, first_failure=first_failure,
                                                   origin=ctx.origin)
                     return await self._divert(st, m, spec.dlq, "dead-letter", exc, attempt, ctx.idempotency_key,
-                                              complete=True, first_failure=first_failure, origin=ctx.origin)
+                                              release=True, first_failure=first_failure, origin=ctx.origin)
                 if spec.retry_topics:  # non-blocking: hand the message to a retry topic and move on
                     await self._release(ctx)
                     return await self._to_retry_topic(st, m, ctx, exc, attempt, first_failure)
@@ -986,7 +1003,7 @@ class Worker:
         return True
 
     async def _divert(self, st: PartitionState, m: Any, topic: str, reason: str, exc: BaseException,
-                      attempts: int, idem_key: str | None, *, complete: bool = False,
+                      attempts: int, idem_key: str | None, *, release: bool = False,
                       first_failure: float | None = None,
                       origin: tuple[str, int, int, int | None, int, float | None] | None = None) -> str | None:
         """Write the original record to the DLQ or quarantine topic; wait for the ack, retrying forever."""
@@ -1005,8 +1022,9 @@ class Worker:
             extra["value_preview"] = (value or b"")[:200].decode("utf-8", "replace")
         log.warning("%s %s[%d]@%d -> %s: %s: %s", reason, st.topic, st.partition, m.offset(), topic,
                     info.error_type, info.error_message, extra=extra)
-        if complete and self._store is not None and idem_key is not None:
-            await self._store.complete(idem_key)
+        if release and self._store is not None and idem_key is not None:
+            # released, not completed: the key was never handled, so a replay of this record must run
+            await self._store.call("release", idem_key, self.worker_id)
         return "quarantined" if reason == "quarantine" else "dead_lettered"
 
     # ------------------------------------------------------------------ metrics hooks
