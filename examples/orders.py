@@ -32,6 +32,7 @@ class PaymentGateway:
     def __init__(self, transient_rate: float = 0.1) -> None:
         self.transient_rate = transient_rate
         self.down = threading.Event()
+        self.refunds_enabled = False  # the "fix" the demo deploys before replaying the DLQ
         self._rnd = random.Random(42)
         self._lock = threading.Lock()
 
@@ -42,7 +43,7 @@ class PaymentGateway:
             flaky = self._rnd.random() < self.transient_rate
         if flaky:
             raise TimeoutError("payment gateway timed out")
-        if order.amount_cents <= 0:
+        if order.amount_cents <= 0 and not self.refunds_enabled:
             raise PermanentFailure(f"order {order.order_id}: amount must be positive")
 
 
