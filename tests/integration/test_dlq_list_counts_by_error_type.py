@@ -4,8 +4,6 @@ streamguard.error.type and by source partition, read from the real topic by the 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -13,6 +11,7 @@ from confluent_kafka import Producer
 
 from streamguard.core.envelope import FailureInfo, dead_letter_headers
 from streamguard.testing.pytest_plugin import create_topic
+from tests.cli_helpers import run_cli
 
 
 def _dlq_headers(source: str, partition: int, offset: int, etype: str) -> list[tuple[str, bytes]]:
@@ -22,11 +21,6 @@ def _dlq_headers(source: str, partition: int, offset: int, etype: str) -> list[t
                        reason="dead-letter", idempotency_key=f"id-{offset}")
     return dead_letter_headers([("trace-id", b"t")], source_topic=source, partition=partition, offset=offset,
                                timestamp_ms=now - 1000, info=info, key_len=2, value_len=5)
-
-
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_dlq_list_counts_by_error_type(kafka, new_topic):
@@ -41,7 +35,7 @@ def test_dlq_list_counts_by_error_type(kafka, new_topic):
                   headers=_dlq_headers(source, sp, 100 + i, etype))
     assert p.flush(30) == 0
 
-    res = _sg(kafka.bootstrap, "dlq", "list", "--json")
+    res = run_cli(kafka.bootstrap, "dlq", "list", "--json")
     assert res.returncode == 0, res.stderr
     rows = {r["topic"]: r for r in map(json.loads, res.stdout.splitlines())}
     assert other not in rows
@@ -53,7 +47,7 @@ def test_dlq_list_counts_by_error_type(kafka, new_topic):
     assert mine["by_reason"] == {"dead-letter": len(spec)}
 
     # the readable form says the same
-    res = _sg(kafka.bootstrap, "dlq", "list", dlq)
+    res = run_cli(kafka.bootstrap, "dlq", "list", dlq)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith(f"{dlq}: {len(spec)} message(s) in 2 partition(s)")
@@ -62,5 +56,5 @@ def test_dlq_list_counts_by_error_type(kafka, new_topic):
     assert counts[f"{source}/1"] == 5 and counts[f"{source}/0"] == 3 and counts[f"{source}/2"] == 3
 
     # a missing topic is a clear error (exit 2)
-    res = _sg(kafka.bootstrap, "dlq", "list", f"{source}.nope.dlq")
+    res = run_cli(kafka.bootstrap, "dlq", "list", f"{source}.nope.dlq")
     assert res.returncode == 2 and "does not exist" in res.stderr, (res.returncode, res.stderr)

@@ -7,25 +7,11 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streamguard.core.envelope import FailureInfo, dead_letter_headers
 from streamguard.testing.pytest_plugin import create_topic
-
-
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
-
-
-def _count(bootstrap: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        return sum(h - lo for lo, h in (c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                                         for p in md.partitions))
-    finally:
-        c.close()
+from tests.cli_helpers import count_records, run_cli
 
 
 def test_dry_run_moves_nothing(kafka, new_topic):
@@ -41,7 +27,7 @@ def test_dry_run_moves_nothing(kafka, new_topic):
             [], source_topic=source, partition=i % 2, offset=i, timestamp_ms=now, info=info, key_len=2, value_len=12))
     assert p.flush(30) == 0
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--dry-run", "--error-type", "ValueError")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--dry-run", "--error-type", "ValueError")
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     assert "dry run: nothing is replayed" in out and "4 record(s) to replay" in out and f"-> {source}: 4" in out, out
@@ -50,11 +36,11 @@ def test_dry_run_moves_nothing(kafka, new_topic):
     assert [r.split()[0] for r in rows] == ["0:0", "0:1", "0:2", "0:3"], out
     assert f"{source}[0]" in rows[0] and f"{source}[1]" in rows[1], "target partition = source partition"
     assert "secret-value" not in out
-    assert _count(kafka.bootstrap, source) == 0, "a dry run produced records"
+    assert count_records(kafka.bootstrap, source) == 0, "a dry run produced records"
 
     # no position was committed: the real replay (without --yes, answering y) moves all four
     res = subprocess.run([sys.executable, "-m", "streamguard.cli", "dlq", "replay", dlq, "--error-type", "ValueError",
                           "--bootstrap", kafka.bootstrap], input="y\n", capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Replay 4 record(s)? [y/N]" in res.stdout and "replayed 4 of 4" in res.stdout, res.stdout
-    assert _count(kafka.bootstrap, source) == 4
+    assert count_records(kafka.bootstrap, source) == 4

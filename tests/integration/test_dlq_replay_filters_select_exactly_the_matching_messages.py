@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streamguard.core.envelope import FailureInfo, dead_letter_headers, parse_envelope
 from streamguard.testing.pytest_plugin import create_topic
+from tests.cli_helpers import count_records
 from tests.kafka_helpers import consume_n
 
 BASE_MS = (int(time.time()) - 3600) * 1000  # DLQ record timestamps: one per second, starting an hour ago
@@ -47,16 +48,6 @@ CASES: dict[str, tuple[list[str], Any]] = {
 }
 
 
-def _count(bootstrap: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        return sum(h - lo for lo, h in (c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                                         for p in md.partitions))
-    finally:
-        c.close()
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_filter_selects_exactly(kafka, new_topic, case):
     args, want = CASES[case]
@@ -81,7 +72,7 @@ def test_filter_selects_exactly(kafka, new_topic, case):
                           "--yes", "--bootstrap", kafka.bootstrap], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"replayed {len(expected)} of {len(expected)} record(s)" in res.stdout, res.stdout
-    got = _count(kafka.bootstrap, target)
+    got = count_records(kafka.bootstrap, target)
     assert got == len(expected), (case, got, sorted(expected), res.stdout)
     recs = consume_n(kafka.bootstrap, target, got, timeout=30)
     offsets = {int(parse_envelope(r.headers()).replayed_from.rsplit("/", 1)[1]) for r in recs}

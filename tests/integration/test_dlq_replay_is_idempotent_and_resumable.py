@@ -12,10 +12,11 @@ import sys
 import time
 from collections import Counter
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streamguard.core.envelope import H_IDEMPOTENCY_KEY, FailureInfo, dead_letter_headers, parse_envelope
 from streamguard.testing.pytest_plugin import create_topic
+from tests.cli_helpers import count_records, run_cli
 from tests.kafka_helpers import consume_n
 from tests.runtime_helpers import wait_until
 
@@ -34,28 +35,13 @@ def _fill_dlq(bootstrap: str, dlq: str, source: str, n: int, *, partitions: int 
     assert p.flush(30) == 0
 
 
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
-
-
 def _popen(bootstrap: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _count(bootstrap: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        return sum(h - lo for lo, h in (c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                                         for p in md.partitions))
-    finally:
-        c.close()
-
-
 def _replayed_offsets(bootstrap: str, topic: str) -> Counter[int]:
-    recs = consume_n(bootstrap, topic, _count(bootstrap, topic), timeout=30)
+    recs = consume_n(bootstrap, topic, count_records(bootstrap, topic), timeout=30)
     return Counter(int(parse_envelope(r.headers()).replayed_from.rsplit("/", 1)[1]) for r in recs)
 
 
@@ -64,7 +50,7 @@ def test_replay_twice_delivers_once_with_provenance_and_identity(kafka, new_topi
     dlq = create_topic(kafka.bootstrap, f"{source}.dlq", 1)
     _fill_dlq(kafka.bootstrap, dlq, source, 12, partitions=3)
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "replayed 12 of 12 record(s)" in res.stdout and f"-> {source}: 12" in res.stdout, res.stdout
     assert "replayed 12/12 (skipped 0)" in res.stderr, res.stderr  # the progress line
@@ -81,10 +67,10 @@ def test_replay_twice_delivers_once_with_provenance_and_identity(kafka, new_topi
         assert not [n for n, _ in hdrs if n.startswith("streamguard.") and
                     n not in (H_IDEMPOTENCY_KEY, "streamguard.replayed-from")], hdrs
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "nothing to replay" in res.stdout and "12 already replayed" in res.stdout, res.stdout
-    assert _count(kafka.bootstrap, source) == 12, "the second identical replay delivered something"
+    assert count_records(kafka.bootstrap, source) == 12, "the second identical replay delivered something"
 
 
 def test_replay_with_another_filter_still_finds_what_an_earlier_filter_skipped(kafka, new_topic):
@@ -92,10 +78,10 @@ def test_replay_with_another_filter_still_finds_what_an_earlier_filter_skipped(k
     dlq = create_topic(kafka.bootstrap, f"{source}.dlq", 1)
     _fill_dlq(kafka.bootstrap, dlq, source, 10)
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--error-type", "Flaky", "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--error-type", "Flaky", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     assert _replayed_offsets(kafka.bootstrap, source) == Counter({1: 1, 3: 1, 5: 1, 7: 1, 9: 1})
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--yes")  # everything: only the Broken ones are left
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--yes")  # everything: only the Broken ones are left
     assert res.returncode == 0, res.stdout + res.stderr
     assert "replayed 5 of 5" in res.stdout and "5 already replayed" in res.stdout, res.stdout
     assert _replayed_offsets(kafka.bootstrap, source) == Counter(range(10))
@@ -108,17 +94,17 @@ def test_interrupted_replay_resumes_where_it_stopped(kafka, new_topic):
 
     proc = _popen(kafka.bootstrap, "dlq", "replay", dlq, "--yes", "--rate", "10/s")
     try:
-        wait_until(lambda: _count(kafka.bootstrap, source) >= 8, 60, interval=0.2, what="first replayed records")
+        wait_until(lambda: count_records(kafka.bootstrap, source) >= 8, 60, interval=0.2, what="first replayed records")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 1, out + err
     assert "interrupted" in out, out
-    first = _count(kafka.bootstrap, source)
+    first = count_records(kafka.bootstrap, source)
     assert 8 <= first < 40, first
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"replayed {40 - first} of {40 - first}" in res.stdout, res.stdout
     assert _replayed_offsets(kafka.bootstrap, source) == Counter(range(40)), "each exactly once"
@@ -131,15 +117,15 @@ def test_killed_replay_resumes_from_its_last_commit(kafka, new_topic):
 
     proc = _popen(kafka.bootstrap, "dlq", "replay", dlq, "--yes", "--rate", "10/s")
     try:
-        wait_until(lambda: _count(kafka.bootstrap, source) >= 20, 60, interval=0.2, what="replayed records")
+        wait_until(lambda: count_records(kafka.bootstrap, source) >= 20, 60, interval=0.2, what="replayed records")
         proc.kill()
         proc.communicate(timeout=30)
     finally:
         proc.kill()
-    first = _count(kafka.bootstrap, source)
+    first = count_records(kafka.bootstrap, source)
     assert first < 40, "the replay finished before it was killed"
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     delivered = _replayed_offsets(kafka.bootstrap, source)
     assert set(delivered) == set(range(40)), "every record replayed at least once"

@@ -3,8 +3,6 @@ commits nothing, creates nothing; with --create-target it creates the topic and 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 from confluent_kafka import Producer
@@ -12,12 +10,8 @@ from confluent_kafka.admin import AdminClient
 
 from streamguard.core.envelope import FailureInfo, dead_letter_headers
 from streamguard.testing.pytest_plugin import create_topic
+from tests.cli_helpers import run_cli
 from tests.kafka_helpers import consume_n
-
-
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_missing_target_is_refused(kafka, new_topic):
@@ -35,16 +29,16 @@ def test_missing_target_is_refused(kafka, new_topic):
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     target = f"{source}-retarget"
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--to", target, "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--to", target, "--yes")
     assert res.returncode == 2, res.stdout + res.stderr
     assert f"target topic '{target}' does not exist" in res.stderr and "--create-target" in res.stderr, res.stderr
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--yes")  # to the origin, which is gone
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--yes")  # to the origin, which is gone
     assert res.returncode == 2, res.stdout + res.stderr
     assert f"target topic '{gone}' does not exist" in res.stderr, res.stderr
     topics = admin.list_topics(timeout=10).topics
     assert target not in topics and gone not in topics, "a refused replay created a topic"
 
-    res = _sg(kafka.bootstrap, "dlq", "replay", dlq, "--to", target, "--create-target", "--yes")
+    res = run_cli(kafka.bootstrap, "dlq", "replay", dlq, "--to", target, "--create-target", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "replayed 3 of 3" in res.stdout, res.stdout  # nothing was committed by the refused runs
     assert [r.value() for r in consume_n(kafka.bootstrap, target, 3, timeout=30)] == [b"v0", b"v1", b"v2"]

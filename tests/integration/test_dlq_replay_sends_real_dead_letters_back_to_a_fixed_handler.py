@@ -5,23 +5,17 @@ and the running worker processes them, seeing streamguard.replayed-from."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 from streamguard import App, Settings
 from streamguard.errors import PermanentFailure
+from tests.cli_helpers import run_cli
 from tests.kafka_helpers import produce_all
 from tests.runtime_helpers import running, wait_until
 
 
 class SkuUnknown(Exception):
     pass
-
-
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_dead_letters_replayed_to_the_fixed_handler(kafka, new_topic):
@@ -44,14 +38,14 @@ def test_dead_letters_replayed_to_the_fixed_handler(kafka, new_topic):
     with running(app) as worker:
         wait_until(lambda: worker.stats["dead_lettered"] == len(bad) and len(handled) == 20 - len(bad), 60,
                    what="dead letters and the good messages")
-        res = _sg(kafka.bootstrap, "dlq", "list", f"{topic}.dlq", "--json")
+        res = run_cli(kafka.bootstrap, "dlq", "list", f"{topic}.dlq", "--json")
         assert res.returncode == 0, res.stderr
         summary = json.loads(res.stdout)
         assert summary["messages"] == len(bad)
         assert list(summary["by_error_type"]) == [f"{__name__}.SkuUnknown"], summary
 
         fixed.set()
-        res = _sg(kafka.bootstrap, "dlq", "replay", f"{topic}.dlq", "--error-type", "SkuUnknown", "--yes")
+        res = run_cli(kafka.bootstrap, "dlq", "replay", f"{topic}.dlq", "--error-type", "SkuUnknown", "--yes")
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"replayed {len(bad)} of {len(bad)}" in res.stdout, res.stdout
         wait_until(lambda: len(handled) == 20, 60, what="the replayed messages")

@@ -4,21 +4,15 @@ never the value, nor user header values, unless --values is given."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 from confluent_kafka import Producer
 
 from streamguard.core.envelope import FailureInfo, dead_letter_headers
 from streamguard.testing.pytest_plugin import create_topic
+from tests.cli_helpers import run_cli
 
 SECRET = b'{"card": "4111-1111-1111-1111"}'
-
-
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_dlq_show_decodes_headers_and_hides_values(kafka, new_topic):
@@ -37,7 +31,7 @@ def test_dlq_show_decodes_headers_and_hides_values(kafka, new_topic):
         p.produce(dlq, key=f"order-{i}".encode(), value=SECRET, headers=hdrs)
     assert p.flush(30) == 0
 
-    res = _sg(kafka.bootstrap, "dlq", "show", dlq, "--json")
+    res = run_cli(kafka.bootstrap, "dlq", "show", dlq, "--json")
     assert res.returncode == 0, res.stderr
     recs = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["offset"] for r in recs] == [0, 1, 2, 3, 4]
@@ -49,7 +43,7 @@ def test_dlq_show_decodes_headers_and_hides_values(kafka, new_topic):
     assert r["headers"] == ["tenant"], "user header names only"
     assert "value" not in r and "4111" not in res.stdout and "secret-tenant" not in res.stdout
 
-    res = _sg(kafka.bootstrap, "dlq", "show", dlq)
+    res = run_cli(kafka.bootstrap, "dlq", "show", dlq)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["OFFSET", "TIME", "SOURCE", "ERROR", "TYPE", "MESSAGE", "ATT", "KEY"]
@@ -58,11 +52,11 @@ def test_dlq_show_decodes_headers_and_hides_values(kafka, new_topic):
     assert "..." in lines[4], "long error messages are truncated in the table"
     assert "4111" not in res.stdout
 
-    res = _sg(kafka.bootstrap, "dlq", "show", dlq, "--json", "--values", "--key", "order-2")
+    res = run_cli(kafka.bootstrap, "dlq", "show", dlq, "--json", "--values", "--key", "order-2")
     assert res.returncode == 0, res.stderr
     [r] = [json.loads(line) for line in res.stdout.splitlines()]
     assert r["value"] == SECRET.decode() and r["headers"] == [{"name": "tenant", "value": "secret-tenant"}]
 
-    res = _sg(kafka.bootstrap, "dlq", "show", dlq, "--limit", "2")
+    res = run_cli(kafka.bootstrap, "dlq", "show", dlq, "--limit", "2")
     assert res.returncode == 0, res.stderr
     assert len([ln for ln in res.stdout.splitlines() if ln.startswith(("0:", "1:", "2:"))]) == 2

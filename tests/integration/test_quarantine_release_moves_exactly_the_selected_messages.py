@@ -8,26 +8,17 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streamguard.core.envelope import FailureInfo, dead_letter_headers, parse_envelope
 from streamguard.testing.pytest_plugin import create_topic
+from tests.cli_helpers import count_records
 from tests.kafka_helpers import consume_n
 
 
 def _sg(bootstrap: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
                           input=stdin, capture_output=True, text=True, timeout=120)
-
-
-def _count(bootstrap: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        return sum(h - lo for lo, h in (c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                                         for p in md.partitions))
-    finally:
-        c.close()
 
 
 def test_release_moves_exactly_the_selection(kafka, new_topic):
@@ -52,14 +43,14 @@ def test_release_moves_exactly_the_selection(kafka, new_topic):
         res = _sg(kafka.bootstrap, "quarantine", "release", quarantine, "--error-type", "CrashLoop", stdin=answer)
         assert res.returncode == 1, res.stdout + res.stderr
         assert "Release 3 record(s)? [y/N]" in res.stdout and "aborted: nothing released" in res.stdout, res.stdout
-        assert _count(kafka.bootstrap, source) == 0
+        assert count_records(kafka.bootstrap, source) == 0
 
     res = _sg(kafka.bootstrap, "quarantine", "release", quarantine, "--error-type", "CrashLoop", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "released 3 of 3 record(s)" in res.stdout and f"-> {source}: 3" in res.stdout, res.stdout
     assert "6 by filter" in res.stdout, res.stdout
     assert "delivery counters in the idempotency store are not reset" in res.stdout
-    assert _count(kafka.bootstrap, source) == 3
+    assert count_records(kafka.bootstrap, source) == 3
     recs = consume_n(kafka.bootstrap, source, 3, timeout=30)
     assert {r.value() for r in recs} == {f"v{i}".encode() for i in crash_loops}
     for r in recs:
@@ -70,4 +61,4 @@ def test_release_moves_exactly_the_selection(kafka, new_topic):
 
     res = _sg(kafka.bootstrap, "quarantine", "release", quarantine, "--error-type", "CrashLoop", "--yes")
     assert res.returncode == 0 and "nothing to release" in res.stdout, res.stdout + res.stderr
-    assert _count(kafka.bootstrap, source) == 3
+    assert count_records(kafka.bootstrap, source) == 3

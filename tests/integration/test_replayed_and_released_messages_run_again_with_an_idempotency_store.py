@@ -4,19 +4,13 @@ record is replayed twice."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 from streamguard import App, Settings, SqliteStore
 from streamguard.errors import PermanentFailure
+from tests.cli_helpers import run_cli
 from tests.kafka_helpers import produce_all
 from tests.runtime_helpers import running, wait_until
-
-
-def _sg(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", *args, "--bootstrap", bootstrap],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_replay_runs_the_fixed_handler_once(kafka, new_topic, tmp_path):
@@ -38,11 +32,11 @@ def test_replay_runs_the_fixed_handler_once(kafka, new_topic, tmp_path):
     with running(app) as worker:
         wait_until(lambda: worker.stats["dead_lettered"] == 1 and len(effects) == 2, 60)
         fixed.set()
-        res = _sg(kafka.bootstrap, "dlq", "replay", f"{topic}.dlq", "--yes")
+        res = run_cli(kafka.bootstrap, "dlq", "replay", f"{topic}.dlq", "--yes")
         assert res.returncode == 0, res.stdout + res.stderr
         wait_until(lambda: b"order-3" in effects, 60, what="the replayed message handled by the fixed handler")
         # a second replay under a fresh replay group delivers the record again: the store skips it
-        res = _sg(kafka.bootstrap, "dlq", "replay", f"{topic}.dlq", "--yes", "--group", "second-replay")
+        res = run_cli(kafka.bootstrap, "dlq", "replay", f"{topic}.dlq", "--yes", "--group", "second-replay")
         assert res.returncode == 0, res.stdout + res.stderr
         wait_until(lambda: worker.stats["duplicate_skipped"] == 1, 60, what="the second copy skipped")
     assert effects.count(b"order-3") == 1
