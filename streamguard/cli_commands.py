@@ -67,8 +67,8 @@ def _preflight(app: Any) -> None:
 
     Turns rejected credentials into :class:`AuthenticationFailed` (exit 3) within seconds and an unreachable
     cluster into :class:`KafkaUnavailable` (exit 2) within ``startup_timeout``, so neither the single worker
-    nor the supervisor's N workers retry forever. (The worker's own startup does not see authentication
-    errors yet: librdkafka reports them only through ``error_cb`` on a polled client; see docs/running.md.)
+    nor the supervisor's N workers retry forever. The worker's own startup checks credentials too; doing it
+    here first gives the supervisor one clear failure instead of N.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient

@@ -67,7 +67,8 @@ class Metrics:
             registry=r,
         )
         self.sequence_gaps = Counter(
-            "streamguard_sequence_gaps_total", "Offset gaps seen in a partition (compaction, aborted transactions).",
+            "streamguard_sequence_gaps_total",
+            "Records missing from a producer's per-partition sequence (lost before Kafka).",
             ["topic", "partition"], registry=r,
         )
         self.rebalances = Counter(

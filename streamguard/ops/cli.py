@@ -299,7 +299,7 @@ def _run_replay(args: argparse.Namespace, *, release: bool) -> int:
         print(f"  note: {result.passed_over} unselected record(s) were passed over to keep the commit metadata "
               f"small; this group will not offer them again (use --group to replay them)")
     if release:
-        print("  note: delivery counters in the idempotency store are not reset (see docs/operations.md)")
+        print("  note: workers give each released record a fresh crash-loop budget once (see docs/operations.md)")
     if result.interrupted:
         print(f"interrupted: {len(plan.selected) - result.moved} record(s) left; run the same command to resume")
         return 1

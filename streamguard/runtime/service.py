@@ -36,4 +36,7 @@ def run_worker(app: App) -> int:
     if worker.stats["auth_failed"]:
         log.error("the cluster rejected this worker's credentials; not retrying")
         return 3
+    if worker.stats["fatal_errors"]:
+        log.error("the Kafka client hit a fatal error; the worker stopped (exit 1, the supervisor restarts it)")
+        return 1
     return 0

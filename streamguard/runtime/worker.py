@@ -181,6 +181,7 @@ class Worker:
             self.stop(hard=True)
         elif err.fatal():
             log.error("fatal client error: %s; stopping", err.str())
+            self.stats["fatal_errors"] += 1
             self.stop(hard=True)
         else:
             log.warning("kafka client: %s", err.str())
@@ -608,8 +609,7 @@ class Worker:
                     offset = m.offset()
                     ctx = Context(topic, partition, offset, m.key(), m.headers(), m.timestamp()[1], 1,
                                   f"{topic}/{partition}/{offset}", worker_id, None)
-                    if spec.key is not None:
-                        ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+                    ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
                     fn(model, ctx)
                 else:
                     fn(model)
@@ -742,6 +742,7 @@ class Worker:
                           env.first_failure_ms / 1000 if env.first_failure_ms else None)
             due = (env.not_before_ms or 0) / 1000 - time.time()
             if due > 0:  # the head of a retry partition waits; the partition behind it is paused by flow control
+                st.progress_at = time.monotonic() + due  # waiting on purpose is not being stuck (/readyz)
                 await asyncio.sleep(due)
                 if st.revoked:
                     return None
@@ -857,7 +858,7 @@ class Worker:
                 if isinstance(exc, CircuitOpen) or (outage is not None and not isinstance(exc, HandlerSignal)):
                     # the dependency is down: wait for it without burning an attempt (no DLQ flood)
                     attempt -= 1
-                    if spec.on_open == "fallback" and fn is not spec.fallback:
+                    if spec.on_open == "fallback" and fn is not spec.fallback and outage is not None:
                         continue  # degrade: the next pass serves the fallback
                     self.stats["breaker_waits"] += 1
                     await asyncio.sleep(max(0.05, exc.retry_after if isinstance(exc, CircuitOpen) else outage or 0))
