@@ -109,6 +109,8 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.settings.sync_threads, "streamguard-handler")
         self._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store")
         self._keys_in_flight: dict[str, asyncio.Event] = {}
+        self._held: dict[str, int] = {}  # idempotency keys claimed by running handlers (renewed)
+        self._renewer: asyncio.Task[None] | None = None
         self._gate: SoloGate | None = None
         self._acked: dict[tuple[str, int], tuple[int, str]] = {}
         self._last_poll = time.monotonic()
@@ -792,6 +794,8 @@ class Worker:
                 if claim.status is ClaimStatus.ACQUIRED:
                     break
                 await asyncio.sleep(min(1.0, self.settings.lease_seconds / 4))  # BUSY: someone else holds it
+            self._held[ctx.idempotency_key] = self._held.get(ctx.idempotency_key, 0) + 1
+            self._ensure_renewer()
             if spec.max_deliveries is not None and claim.deliveries > spec.max_deliveries:
                 exc2 = CrashLoopDetected(f"delivered {claim.deliveries - 1} times without resolving "
                                          f"(max_deliveries={spec.max_deliveries})")
@@ -799,8 +803,36 @@ class Worker:
                                           ctx.idempotency_key, release=True)
             return await self._attempts(st, m, model, ctx, gate_held=suspect)
         finally:
+            held = self._held.get(ctx.idempotency_key, 0) - 1
+            if held > 0:
+                self._held[ctx.idempotency_key] = held
+            else:
+                self._held.pop(ctx.idempotency_key, None)
             if suspect:
                 await gate.release_exclusive()
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = self._loop.create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        """Keep the claims of long-running handlers alive (every lease/3), so no other worker takes them over
+        while this one is still working; stops when nothing is held."""
+        store = self._store
+        assert store is not None
+        lease = self.settings.lease_seconds
+        while self._held:
+            await asyncio.sleep(lease / 3)
+            keys = list(self._held)
+            if not keys:
+                break
+
+            def renew_all(keys: list[str] = keys) -> int:
+                return sum(1 for k in keys if not store.store.renew(k, self.worker_id, lease))
+
+            lost = await asyncio.get_running_loop().run_in_executor(self._store_pool, renew_all)
+            if lost:
+                log.warning("%d claim(s) could not be renewed (taken over after expiry)", lost)
 
     async def _reset_once_for_replay(self, key: str, replayed_from: str) -> None:
         """A person replayed or released this record: give it a fresh crash-loop budget, once.
