@@ -61,7 +61,7 @@ class LaneJob:
 class PartitionState:
     """Offsets and scheduling of one (topic, partition) under one assignment epoch."""
 
-    __slots__ = ("drained", "draining", "epoch", "flow", "lane", "lane_job", "last_committed", "partition",
+    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_job", "last_committed", "partition",
                  "progress_at", "revoked", "scheduler", "spec", "topic", "tracker")
 
     def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int],
@@ -76,6 +76,7 @@ class PartitionState:
         self.draining = False
         self.flow = flow or Flow(spec.max_buffered)
         self.progress_at = 0.0  # monotonic time of the last resolution (or of starting from idle)
+        self.fast = False  # set by the worker: async handler without store/breakers -> one coroutine per message
         self.lane = False  # set by the worker: run this partition's messages in batches on one thread
         self.lane_job: LaneJob | None = None
         self.drained: asyncio.Event | None = None

@@ -425,8 +425,9 @@ class Worker:
             if self._gaps is not None:
                 self._gaps.reset(topic, partition)
             spec = st.spec
-            st.lane = (not spec.is_async and spec.ordering == "partition" and self._store is None
-                       and not spec.breakers and spec.fallback is None and spec.retry_of is None)
+            simple = self._store is None and not spec.breakers and spec.fallback is None and spec.retry_of is None
+            st.lane = simple and not spec.is_async and spec.ordering == "partition"
+            st.fast = simple and spec.is_async and spec.max_message_bytes is None
             self._states[(topic, partition)] = st
             if committed is not None:
                 self._acked[(topic, partition)] = (committed, "")
@@ -562,8 +563,9 @@ class Worker:
             self._start_lane(st)
             return
         create = self._loop.create_task
+        run = self._process_fast if st.fast else self._process
         for key, m in st.scheduler.take():
-            create(self._process(st, key, m))
+            create(run(st, key, m))
 
     # ------------------------------------------------------------------ the serial lane (loop thread)
     LANE_BATCH = 500
@@ -697,6 +699,34 @@ class Worker:
             st.drained.set()
 
     # ------------------------------------------------------------------ one message (loop thread)
+    async def _process_fast(self, st: PartitionState, key: Any, m: Any) -> None:
+        """The common case in one coroutine: an async handler with no store, breaker or retry topic that
+        succeeds. Anything else (undecodable bytes, a failure) continues down the full path in ``_process``,
+        the failure counted as the first attempt."""
+        spec = st.spec
+        try:
+            model = spec.decoder(m.value())
+        except DecodeError:
+            await self._process(st, key, m)
+            return
+        ctx: Any = None
+        if spec.takes_ctx:
+            offset = m.offset()
+            ctx = Context(st.topic, st.partition, offset, m.key(), m.headers(), m.timestamp()[1], 1,
+                          f"{st.topic}/{st.partition}/{offset}", self.worker_id, None)
+            ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+        started = time.monotonic()
+        try:
+            await self._invoke(spec, spec.fn, model, ctx)
+        except Exception as exc:
+            self._observe_duration(st.topic, time.monotonic() - started)
+            await self._process(st, key, m, exc)
+            return
+        self._observe_duration(st.topic, time.monotonic() - started)
+        self.stats["ok"] += 1
+        self._count("ok", st.topic)
+        self._resolve(st, key, m.offset())
+
     async def _process(self, st: PartitionState, key: Any, m: Any, prior: BaseException | None = None) -> None:
         try:
             outcome = await self._handle(st, m, prior)
