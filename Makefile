@@ -28,6 +28,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 bench: kafka-jars
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(VENV)/bin/pip install -q --no-deps 'quixstreams==3.28.1'
 	$(PY) -m benchmarks.run
 
 chaos: kafka-jars
