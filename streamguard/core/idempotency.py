@@ -178,6 +178,10 @@ class IdempotencyStore(Protocol):
         """Zero the counter, when a person releases a quarantined message."""
         ...
 
+    def peek_many(self, keys: Sequence[str]) -> list[tuple[bool, int]]:
+        """(done?, delivery counter) of each key, read without claiming or bumping anything."""
+        ...
+
     def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
         """Extend a long-running handler's lease; False when the claim was lost."""
         ...
@@ -260,6 +264,15 @@ class InMemoryStore:
             self._check_open()
             rec = self._records.get(key)
             return rec.deliveries if rec is not None else 0
+
+    def peek_many(self, keys: Sequence[str]) -> list[tuple[bool, int]]:
+        with self._lock:
+            self._check_open()
+            out = []
+            for key in keys:
+                rec = self._records.get(key)
+                out.append((rec is not None and rec.status is RecordStatus.DONE, rec.deliveries if rec else 0))
+            return out
 
     def reset_deliveries(self, key: str) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from streamguard.core.idempotency import ClaimOutcome, IdempotencyStore
+from streamguard.core.idempotency import ClaimOutcome, ClaimStatus, IdempotencyStore
 
 
 class _Coalescer:
@@ -50,6 +50,7 @@ class StoreBatcher:
         self._claims = _Coalescer(lambda keys: store.claim_many(keys, owner, lease_seconds), executor)
         self._completes = _Coalescer(lambda keys: store.complete_many(keys, owner), executor)
         self._deliveries = _Coalescer(lambda keys: [store.deliveries(k) for k in keys], executor)
+        self._checked = _Coalescer(self._claim_unless_suspect, executor)
 
     async def claim(self, key: str) -> ClaimOutcome:
         outcome: ClaimOutcome = await self._claims.submit(key)
@@ -57,6 +58,23 @@ class StoreBatcher:
 
     async def complete(self, key: str) -> bool:
         return bool(await self._completes.submit(key))
+
+    async def claim_unless_suspect(self, key: str) -> ClaimOutcome | None:
+        """Claim ``key`` in one round trip, unless it was delivered before without resolving (a suspect):
+        then return None without bumping its counter, so the caller can take the solo gate first."""
+        outcome: ClaimOutcome | None = await self._checked.submit(key)
+        return outcome
+
+    def _claim_unless_suspect(self, keys: Sequence[str]) -> list[ClaimOutcome | None]:
+        """Done keys come back DONE (nothing to run, no gate needed); keys never delivered are claimed;
+        keys delivered before without resolving are suspects (None)."""
+        peeked = self.store.peek_many(keys)
+        fresh = [k for k, (done, deliveries) in zip(keys, peeked, strict=True) if not done and deliveries == 0]
+        claimed = dict(zip(fresh, self.store.claim_many(fresh, self.owner, self.lease), strict=True)) if fresh else {}
+        out: list[ClaimOutcome | None] = []
+        for key, (done, deliveries) in zip(keys, peeked, strict=True):
+            out.append(ClaimOutcome(ClaimStatus.DONE, deliveries) if done else claimed.get(key))
+        return out
 
     async def deliveries(self, key: str) -> int:
         """The durable delivery counter of ``key`` (read without bumping it)."""

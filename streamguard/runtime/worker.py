@@ -34,7 +34,7 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPar
 from streamguard.chaos.crashpoints import armed, maybe_crash
 from streamguard.context import Context
 from streamguard.core.envelope import FailureInfo, dead_letter_headers, describe_error, parse_envelope, retry_headers
-from streamguard.core.idempotency import ClaimStatus
+from streamguard.core.idempotency import ClaimOutcome, ClaimStatus
 from streamguard.core.offsets import decode_metadata
 from streamguard.core.retry import GiveUp, Retry
 from streamguard.errors import (
@@ -810,13 +810,18 @@ class Worker:
         replayed_from = ctx.header("streamguard.replayed-from")
         if replayed_from:
             await self._reset_once_for_replay(ctx.idempotency_key, replayed_from.decode("utf-8", "replace"))
+        first: ClaimOutcome | None = None
         if spec.max_deliveries is not None:
-            suspect = await store.deliveries(ctx.idempotency_key) >= 1
+            first = await store.claim_unless_suspect(ctx.idempotency_key)
+            suspect = first is None
         if suspect:
             await gate.exclusive()
         try:
             while True:
-                claim = await store.claim(ctx.idempotency_key)
+                if first is not None:
+                    claim, first = first, None
+                else:
+                    claim = await store.claim(ctx.idempotency_key)
                 if st.revoked:
                     return None
                 if claim.status is ClaimStatus.DONE:

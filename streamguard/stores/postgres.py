@@ -89,6 +89,7 @@ WHERE key = %(key)s AND status = 'claimed' AND owner = %(owner)s
 RETURNING 1
 """
 _DELIVERIES = "SELECT deliveries FROM {t} WHERE key = %(key)s"
+_PEEK = "SELECT key, status, deliveries FROM {t} WHERE key = ANY(%(keys)s)"
 _RESET = "UPDATE {t} SET deliveries = 0, updated_at = %(now)s WHERE key = %(key)s"
 _CLEANUP = "DELETE FROM {t} WHERE status = 'done' AND completed_at < %(cutoff)s"
 
@@ -189,7 +190,8 @@ class PostgresStore:
         index = sql.Identifier(f"{parts[-1]}_done_idx")
         templates = {
             "schema": _SCHEMA, "index": _INDEX, "claim": _CLAIM, "complete": _COMPLETE, "status_of": _STATUS_OF,
-            "release": _RELEASE, "renew": _RENEW, "deliveries": _DELIVERIES, "reset": _RESET, "cleanup": _CLEANUP,
+            "release": _RELEASE, "renew": _RENEW, "deliveries": _DELIVERIES, "peek": _PEEK, "reset": _RESET,
+            "cleanup": _CLEANUP,
         }  # fmt: skip
         self._sql = {name: sql.SQL(text).format(t=ident, idx=index) for name, text in templates.items()}
 
@@ -267,6 +269,12 @@ class PostgresStore:
         with self._conn() as conn:
             row = conn.execute(self._sql["deliveries"], {"key": key}).fetchone()
         return int(row[0]) if row is not None else 0
+
+    def peek_many(self, keys: Sequence[str]) -> list[tuple[bool, int]]:
+        with self._conn() as conn:
+            rows = conn.execute(self._sql["peek"], {"keys": list(keys)}).fetchall()
+        found = {str(k): (status == "done", int(d)) for k, status, d in rows}
+        return [found.get(k, (False, 0)) for k in keys]
 
     def reset_deliveries(self, key: str) -> None:
         with self._conn() as conn:

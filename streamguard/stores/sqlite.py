@@ -214,6 +214,18 @@ class SqliteStore:
             row = self._require().execute(f"SELECT deliveries FROM {TABLE} WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row is not None else 0
 
+    def peek_many(self, keys: Sequence[str]) -> list[tuple[bool, int]]:
+        found: dict[str, tuple[bool, int]] = {}
+        with self._lock:
+            conn = self._require()
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i:i + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, status, deliveries in conn.execute(
+                        f"SELECT key, status, deliveries FROM {TABLE} WHERE key IN ({marks})", chunk):
+                    found[key] = (status == "done", int(deliveries))
+        return [found.get(k, (False, 0)) for k in keys]
+
     def reset_deliveries(self, key: str) -> None:
         with self._write() as conn:
             conn.execute(f"UPDATE {TABLE} SET deliveries = 0, updated_at = ? WHERE key = ?", (self._clock(), key))

@@ -382,3 +382,13 @@ def test_concurrent_overlapping_batches_acquire_each_key_once(backend: Backend, 
     acquired = sum(o.status is ACQUIRED for outcomes in results for o in outcomes)
     assert acquired == len(keys)
     assert all(shared.deliveries(k) == 1 for k in keys)
+
+
+def test_peek_reads_done_and_counter_without_changing_anything(store: IdempotencyStore) -> None:
+    store.claim("a", "w1", LEASE)
+    store.complete("a", "w1")
+    store.claim("b", "w1", LEASE)
+    store.claim("b", "w1", LEASE)
+    assert store.peek_many(["a", "b", "c"]) == [(True, 1), (False, 2), (False, 0)]
+    assert store.peek_many(["b"]) == [(False, 2)]  # peeking again bumped nothing
+    assert store.deliveries("c") == 0
