@@ -47,6 +47,44 @@ def family(kind: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# checks of the harness on top of the checker's
+# ---------------------------------------------------------------------------------------------------------------
+CRASH_LOOP_TYPE = "streamguard.errors.CrashLoopDetected"
+
+
+def harness_checks(history: Path) -> dict[str, Any]:
+    """What the checker does not count, from the same histories.
+
+    - ``false_crash_loops`` (must be 0): messages quarantined as a crash loop (``CrashLoopDetected``) that are
+      not crash messages. A crash loop is a message that kills or hangs its worker; anything else quarantined
+      that way was blamed for something it did not do (and now waits for a person to release it).
+    - ``duplicate_dead_letters`` (a statistic): extra DLQ/quarantine copies of one source record.
+    """
+    import base64
+
+    kinds = {(int(r["partition"]), int(r["offset"])): (str(r["id"]), str(r.get("kind")))
+             for r in read_jsonl(history / "sends.jsonl") if r.get("acked")}
+    false_loops: dict[str, str] = {}
+    copies: Counter[tuple[str, int, int]] = Counter()
+    for name in ("dlq", "quarantine"):
+        for row in read_jsonl(history / f"{name}.jsonl"):
+            source = (int(row["source_partition"]), int(row["source_offset"]))
+            copies[(name, *source)] += 1
+            headers = {h[0]: h[1] for h in row.get("headers") or []}
+            raw = headers.get("streamguard.error.type")
+            etype = base64.b64decode(raw).decode("utf-8", "replace") if raw else ""
+            msg_id, kind = kinds.get(source, ("?", "?"))
+            if etype == CRASH_LOOP_TYPE and kind != "crash":
+                false_loops[msg_id] = f"{msg_id} ({kind}) at {source[0]}/{source[1]} quarantined as a crash loop"
+    return {"false_crash_loops": len(false_loops), "false_crash_loop_examples": sorted(false_loops.values())[:5],
+            "duplicate_dead_letters": sum(n - 1 for n in copies.values() if n > 1)}
+
+
+def run_ok(result: RunResult) -> bool:
+    return result.report.ok and harness_checks(result.dir)["false_crash_loops"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # merging runs into one battery history
 # ---------------------------------------------------------------------------------------------------------------
 def merge(results: Sequence[RunResult], out: Path) -> Path:
@@ -131,43 +169,52 @@ def _fmt(v: float | int | None) -> str:
 
 
 def table(results: Sequence[RunResult], control_results: Sequence[tuple[Scenario, RunResult, bool]],
-          merged: Report | None, duplicate_skipped: int, wall_s: float) -> str:
+          merged: Report | None, history: Path, duplicate_skipped: int, wall_s: float) -> str:
     lines = []
     lines.append(f"streamguard chaos battery  ({wall_s / 60:.1f} min wall clock)")
     lines.append("")
-    lines.append(f"{'negative control':<34} {'expects':<22} {'found':<34} detected")
+    lines.append(f"{'negative control':<30} {'expects':<20} {'found':<58} detected")
     for s, r, ok in control_results:
         found = ", ".join(f"{k}={v}" for k, v in r.report.counts.items() if v) or "nothing"
-        lines.append(f"{s.name:<34} {s.control or '':<22} {found[:34]:<34} {'yes' if ok else 'NO'}")
+        lines.append(f"{s.name:<30} {s.control or '':<20} {found[:58]:<58} {'yes' if ok else 'NO'}")
     lines.append("")
-    lines.append(f"{'scenario':<24} {'msgs':>7} {'faults':>6} {'violations':>10} {'live s':>7} {'restarts':>8} "
-                 f"{'dup-skip':>8} {'drained':>7} result")
-    for r in results:
+    lines.append(f"{'#':>2} {'scenario':<24} {'msgs':>7} {'faults':>6} {'violations':>10} {'false-CL':>8} "
+                 f"{'live s':>7} {'restarts':>8} {'dup-skip':>8} {'gaps':>5} {'drained':>7} result")
+    for i, r in enumerate(results, 1):
         v = sum(r.report.counts.values())
-        lines.append(f"{r.name:<24} {r.report.stats.get('messages', 0):>7} {r.report.stats.get('faults', 0):>6} "
-                     f"{v:>10} {_fmt(r.report.liveness_s):>7} {r.restarts:>8} {r.duplicate_skipped:>8} "
-                     f"{'yes' if r.drained else 'NO':>7} {'PASS' if r.report.ok else 'FAIL'}")
+        extra = harness_checks(r.dir)
+        lines.append(f"{i:>2} {r.name:<24} {r.report.stats.get('messages', 0):>7} {r.report.stats.get('faults', 0):>6} "
+                     f"{v:>10} {extra['false_crash_loops']:>8} {_fmt(r.report.liveness_s):>7} {r.restarts:>8} "
+                     f"{r.duplicate_skipped:>8} {r.sequence_gaps:>5} {'yes' if r.drained else 'NO':>7} "
+                     f"{'PASS' if run_ok(r) else 'FAIL'}")
     if merged is not None:
         st = merged.stats
         lines.append("")
         lines.append(f"messages {st['messages']} (acked {st['acked']}; kinds: "
                      + " ".join(f"{k}={v}" for k, v in sorted(st['kinds'].items())) + ")")
         lines.append(f"effects {st['effects']}  dlq {st['dlq']}  quarantined {st['quarantined']}  "
-                     f"handler deliveries {st['deliveries']}")
+                     f"handler deliveries {st['deliveries']}  unacked sends {sum(r.unacked_sends for r in results)}  "
+                     f"sequence gaps seen by the runtime {sum(r.sequence_gaps for r in results)}")
         lines.append(f"redeliveries suppressed by idempotency: {duplicate_skipped} skipped before the handler "
                      f"(runtime metric) + {st['redeliveries']} refused inside the handler's transaction "
                      f"(checker: deliveries after the first effect)")
+        extra = harness_checks(history)
+        lines.append(f"duplicate dead letters (extra DLQ/quarantine copies of one record): "
+                     f"{extra['duplicate_dead_letters']}")
         lines.append("")
         lines.append(f"{'invariant':<26} {'count':>7}")
         for name, count in merged.counts.items():
             lines.append(f"{name:<26} {count:>7}  {'ok' if count == 0 else 'FAIL'}")
+        fl = extra["false_crash_loops"]
+        lines.append(f"{'false_crash_loops':<26} {fl:>7}  {'ok' if fl == 0 else 'FAIL'}  (harness check)"
+                     + (f"  e.g. {extra['false_crash_loop_examples'][0]}" if fl else ""))
         lines.append("")
         lines.append(f"faults injected: {st['faults']}")
         lines.append(f"{'fault kind':<38} {'n':>4} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'unrecov':>7}")
         for kind, rec in sorted(merged.recovery.items()):
             lines.append(f"{kind:<38} {rec['n']!s:>4} {_fmt(rec['p50']):>7} {_fmt(rec['p95']):>7} "
                          f"{_fmt(rec['max']):>7} {rec['unrecovered']!s:>7}")
-    ok = all(d for _, _, d in control_results) and all(r.report.ok for r in results)
+    ok = all(d for _, _, d in control_results) and all(run_ok(r) for r in results)
     lines.append("")
     lines.append("BATTERY " + ("PASS" if ok else "FAIL") + (" (controls all detected)" if control_results and all(
         d for _, _, d in control_results) else ""))
@@ -181,10 +228,11 @@ def write_plot(history: Path, results: Sequence[RunResult], out: Path, t0: float
     for row in read_jsonl(history / "faults.jsonl"):
         a, b = float(row["t_start"]) - t0, float(row["t_end"]) - t0
         windows.append((a, max(b, a + 1.0), FAMILY_COLORS[family(str(row["kind"]))]))
-    markers = [(r.started - t0, r.name) for r in results]
+    markers = [(r.started - t0, str(i)) for i, r in enumerate(results, 1)]
     legend = [(name, color) for name, color in FAMILY_COLORS.items() if name != "other"]
-    plot(out, "STREAMGUARD CHAOS BATTERY", [Panel("RESOLVED MESSAGES PER SECOND", throughput, (30, 90, 200)),
-                                            Panel("COMMITTED LAG (MESSAGES)", lag, (200, 60, 40))],
+    panels = [Panel("RESOLVED MESSAGES PER SECOND", throughput, (30, 90, 200)),
+              Panel("COMMITTED LAG (MESSAGES)", lag, (200, 60, 40))]
+    plot(out, "STREAMGUARD CHAOS BATTERY  (NUMBERS: SCENARIOS OF THE TABLE)", panels,
          windows, legend, float(seconds), markers)
 
 
@@ -234,6 +282,12 @@ def run_battery(scenario: str = "all", messages: int = 50_000, out: Path = Path(
             log.info("scenario %s: %s %s liveness=%s", s.name, "PASS" if r.report.ok else "FAIL", r.report.counts,
                      r.report.liveness_s)
     t_end = time.time()
+    return write_report(out, scenario, prof.name, results, control_results, t_end - t_begin)
+
+
+def write_report(out: Path, scenario: str, profile: str, results: Sequence[RunResult],
+                 control_results: Sequence[tuple[Scenario, RunResult, bool]], wall_s: float) -> dict[str, Any]:
+    """Merge, check, plot and tabulate finished runs into ``out``; returns report.json's content."""
     merged_report: Report | None = None
     duplicate_skipped = sum(r.duplicate_skipped for r in results)
     if results:
@@ -241,16 +295,17 @@ def run_battery(scenario: str = "all", messages: int = 50_000, out: Path = Path(
         merged_report = check(history, max_deliveries=MAX_DELIVERIES,
                               liveness_bound_s=max(r.report.liveness_bound_s for r in results))
         write_plot(history, results, out / "battery.png", results[0].started, results[-1].finished)
-    text = table(results, control_results, merged_report, duplicate_skipped, t_end - t_begin)
+    text = table(results, control_results, merged_report, out / "battery", duplicate_skipped, wall_s)
     (out / "report.txt").write_text(text + "\n")
-    ok = all(d for _, _, d in control_results) and all(r.report.ok for r in results)
+    ok = all(d for _, _, d in control_results) and all(run_ok(r) for r in results)
     report = {
-        "ok": ok, "scenario": scenario, "profile": prof.name, "wall_seconds": round(t_end - t_begin, 1),
+        "ok": ok, "scenario": scenario, "profile": profile, "wall_seconds": round(wall_s, 1),
         "controls": [{"name": s.name, "expects": s.control, "detected": d, **r.summary()}
                      for s, r, d in control_results],
-        "scenarios": [r.summary() for r in results],
+        "scenarios": [{**r.summary(), "harness_checks": harness_checks(r.dir), "ok": run_ok(r)} for r in results],
         "battery": None if merged_report is None else {
             **merged_report.to_dict(), "duplicate_skipped_by_runtime": duplicate_skipped,
+            "harness_checks": harness_checks(out / "battery"),
             "faults_total": merged_report.stats.get("faults", 0),
             "fault_families": dict(Counter(family(k) for k in merged_report.stats.get("faults_by_kind", {})
                                            for _ in range(merged_report.stats["faults_by_kind"][k]))),
@@ -260,6 +315,31 @@ def run_battery(scenario: str = "all", messages: int = 50_000, out: Path = Path(
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(text)
     return report
+
+
+def rejudge(out: Path) -> dict[str, Any]:
+    """Re-run the checker (and rebuild table, plot and JSON) over the histories of an earlier battery."""
+    old = json.loads((out / "report.json").read_text())
+    every = {s.name: s for s in build(FULL) + controls(FULL)}
+
+    def result(summary: dict[str, Any]) -> RunResult:
+        run_dir = out / summary["name"]
+        bound = float(summary["report"]["liveness_bound_s"])
+        return RunResult(summary["name"], run_dir, check(run_dir, max_deliveries=MAX_DELIVERIES,
+                                                           liveness_bound_s=bound),
+                         int(summary["duplicate_skipped_by_runtime"]), int(summary.get("sequence_gaps_by_runtime", 0)),
+                         int(summary.get("unacked_sends", 0)), int(summary["worker_restarts"]),
+                         [tuple(e) for e in summary["unexpected_worker_exits"]], float(summary["started"]),
+                         float(summary["finished"]), bool(summary["drained"]), int(summary["sampler_errors"]),
+                         summary.get("driver_error"))
+
+    results = [result(s) for s in old["scenarios"]]
+    control_results = []
+    for c in old["controls"]:
+        r = result(c)
+        s = every[c["name"]]
+        control_results.append((s, r, CONTROL_PREDICATES[s.control or ""](r)))
+    return write_report(out, old["scenario"], old["profile"], results, control_results, float(old["wall_seconds"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,12 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("smoke", "full"), default=None,
                         help="fault durations (default: smoke for --scenario smoke, else full)")
     parser.add_argument("--no-controls", action="store_true", help="skip the negative controls (not a valid run)")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="do not run anything: re-check the histories in --out and rewrite the report")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         log.setLevel(logging.INFO)
+    if args.rejudge:
+        return 0 if rejudge(args.out)["ok"] else 1
     profile = {"smoke": SMOKE, "full": FULL}.get(args.profile or "")
     report = run_battery(args.scenario, args.messages, args.out, args.rate, skip_controls=args.no_controls,
                          profile=profile)

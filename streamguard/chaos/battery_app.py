@@ -127,6 +127,7 @@ _INSERT = INSERT_EFFECT.replace("?", "%s") if CFG.pg_dsn else INSERT_EFFECT
 
 app = App(CFG.group, idempotency=_make_store(),
           settings=Settings(commit_interval=0.5, lease_seconds=10.0, create_failure_topics=CFG.create_failure_topics,
+                            detect_gaps=True,
                             kafka={"session.timeout.ms": CFG.session_ms, "topic.metadata.refresh.interval.ms": 2000}))
 
 

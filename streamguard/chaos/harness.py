@@ -50,6 +50,8 @@ SESSION_TIMEOUT_S = 6.0  # battery workers' session.timeout.ms / 1000
 #: exit code of a worker process -> the fault it stands for (crash points armed by the scenario)
 EXIT_FAULTS = {71: "worker_crash_before_effect", 72: "worker_crash_after_effect_before_mark"}
 RUNTIME_CRASH_EXIT = 137
+#: exits that are part of a scenario (crash message, SIGKILL, SIGTERM of a rolling restart, clean stop)
+EXPECTED_EXITS = (RUNTIME_CRASH_EXIT, 70, -signal.SIGKILL, -signal.SIGTERM, 0)
 
 
 def _die_with_parent() -> None:
@@ -206,6 +208,7 @@ class _Slot:
     stopped: bool = False  # SIGSTOPped by a fault
     generation: int = 0
     duplicate_skipped: dict[int, int] = field(default_factory=dict)  # generation -> last scraped count
+    sequence_gaps: dict[int, int] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -360,6 +363,11 @@ class Supervisor:
         """Redeliveries the runtime skipped by idempotency (its own metric, scraped from each worker)."""
         return sum(sum(s.duplicate_skipped.values()) for s in self.slots)
 
+    @property
+    def sequence_gaps(self) -> int:
+        """Gaps the runtime's detector reported (``streamguard_sequence_gaps_total``, scraped)."""
+        return sum(sum(s.sequence_gaps.values()) for s in self.slots)
+
     # -- the monitor thread -----------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
         slot.generation += 1
@@ -393,7 +401,7 @@ class Supervisor:
                     self._scrape_slot(slot)
                     self.exits.append((now, slot.index, code))
                     pending[slot.index] = (now, code)
-                    if code not in EXIT_FAULTS and code not in (RUNTIME_CRASH_EXIT, 70, -signal.SIGKILL, 0):
+                    if code not in EXIT_FAULTS and code not in EXPECTED_EXITS:
                         self.unexpected_exits.append((now, slot.index, code))
                         log.warning("worker %d exited with %d (see worker-%d.log)", slot.index, code, slot.index)
             for index, (t_exit, code) in list(pending.items()):
@@ -422,6 +430,7 @@ class Supervisor:
                 self._scrape_slot(slot)
 
     _DUP = re.compile(r'^streamguard_messages_total\{[^}]*outcome="duplicate_skipped"[^}]*\}\s+([0-9.e+]+)', re.M)
+    _GAPS = re.compile(r'^streamguard_sequence_gaps_total\{[^}]*\}\s+([0-9.e+]+)', re.M)
 
     def _scrape_slot(self, slot: _Slot) -> None:
         try:
@@ -431,6 +440,8 @@ class Supervisor:
             return
         total = sum(int(float(m)) for m in self._DUP.findall(text))
         slot.duplicate_skipped[slot.generation] = max(total, slot.duplicate_skipped.get(slot.generation, 0))
+        gaps = sum(int(float(m)) for m in self._GAPS.findall(text))
+        slot.sequence_gaps[slot.generation] = max(gaps, slot.sequence_gaps.get(slot.generation, 0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -543,6 +554,8 @@ class RunResult:
     dir: Path
     report: Report
     duplicate_skipped: int
+    sequence_gaps: int
+    unacked_sends: int
     restarts: int
     unexpected_exits: list[tuple[float, int, int]]
     started: float
@@ -554,6 +567,7 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "dir": str(self.dir), "ok": self.report.ok, "report": self.report.to_dict(),
                 "duplicate_skipped_by_runtime": self.duplicate_skipped, "worker_restarts": self.restarts,
+                "sequence_gaps_by_runtime": self.sequence_gaps, "unacked_sends": self.unacked_sends,
                 "unexpected_worker_exits": [list(e) for e in self.unexpected_exits],
                 "started": self.started, "finished": self.finished, "seconds": round(self.finished - self.started, 1),
                 "drained": self.drained, "sampler_errors": self.sampler_errors, "driver_error": self.driver_error}
@@ -664,6 +678,12 @@ class ChaosRun:
         if self.sampler is not None and self.sampler._thread.is_alive():
             self.sampler.__exit__(None, None, None)
         self.faults.close()
+        if self.pg_dsn and self._pg_base:  # the ledger was exported to effects.jsonl; drop the database
+            import psycopg
+
+            with contextlib.suppress(Exception), psycopg.connect(self._pg_base, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {self.pg_dsn.rsplit('/', 1)[1]} WITH (FORCE)")
+            self.pg_dsn = None
 
     def wait_drained(self, timeout: float) -> bool:
         assert self.sampler is not None
@@ -700,7 +720,8 @@ class ChaosRun:
         export_effects(self.db, self.dir / "effects.jsonl", self.pg_dsn)
         report = check(self.dir, max_deliveries=MAX_DELIVERIES, liveness_bound_s=self.spec.liveness_bound_s)
         err = self.driver.error
-        return RunResult(self.spec.name, self.dir, report, self.sup.duplicate_skipped, self.sup.restarts,
+        return RunResult(self.spec.name, self.dir, report, self.sup.duplicate_skipped, self.sup.sequence_gaps,
+                         self.driver.failed, self.sup.restarts,
                          list(self.sup.unexpected_exits), started, time.time(), drained, self.sampler.errors,
                          None if err is None else repr(err))
 
@@ -815,6 +836,30 @@ class ChaosRun:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def settle(self, bound: float = 90.0) -> float:
+        """Wait until the group's commits reach the log end as it is now (bounded); returns the seconds waited.
+
+        Called between faults so that each fault's recovery is measured on its own instead of running into
+        the next fault.
+        """
+        assert self.sampler is not None
+        t0 = time.monotonic()
+        target: dict[int, int] | None = None
+        while target is None and time.monotonic() - t0 < bound:
+            try:  # right after a broker restart the offsets may not be readable yet
+                target = log_end(self.cc.bootstrap, self.topic, self.spec.partitions)
+            except Exception:
+                time.sleep(1.0)
+        if target is None:
+            return time.monotonic() - t0
+        while time.monotonic() - t0 < bound:
+            if all(self.sampler.latest.get(p, 0) >= end for p, end in target.items()):
+                break
+            time.sleep(0.3)
+        else:
+            log.warning("%s: commits did not catch up within %.0fs of a fault", self.spec.name, bound)
+        return time.monotonic() - t0
 
 
 def run_scenario(cc: ChaosCluster, spec: RunSpec, body: Callable[[ChaosRun], None], out_dir: Path) -> RunResult:

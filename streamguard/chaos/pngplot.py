@@ -142,9 +142,11 @@ def plot(path: Path, title: str, panels: Sequence[Panel], windows: Sequence[tupl
         c.text(left, y0 - 22, panel.title, scale=2)
         for t0, t1, color in windows:
             c.rect(xpos(t0), y0, max(xpos(t0), xpos(t1)), y1, color)
-        for t, _label in markers:
+        for t, label in markers:
             for y in range(y0, y1, 4):
                 c.set(xpos(t), y, (150, 150, 150))
+            if i == 0:
+                c.text(xpos(t) + 3, y0 + 3, label, (90, 90, 90), scale=1)
         vmax = _nice_max(max(panel.values, default=0.0))
         for k in range(5):
             v = vmax * k / 4

@@ -37,7 +37,8 @@ class Profile:
     calm: float = 4.0
     pause_short: float = 3.0
     pause_long: float = SESSION_TIMEOUT_S + 6.0
-    partition_short: float = 12.0
+    partition_short: float = 12.0  # one broker
+    partition_all: float = 12.0
     partition_long: float = 30.0
     partition_very_long: float = 0.0  # 0: not run
     degraded: float = 8.0
@@ -47,11 +48,14 @@ class Profile:
     crash_window: float = 25.0
 
 
-SMOKE = Profile("smoke", kill_down=3.0, repeats=1, calm=3.0, crash_window=15.0)
-FULL = Profile("full", repeats=3, partition_very_long=120.0, soak=150.0, crash_window=30.0)
+SMOKE = Profile("smoke", kill_down=3.0, repeats=1, calm=3.0, crash_window=10.0)
+FULL = Profile("full", repeats=3, partition_short=30.0, partition_all=15.0, partition_very_long=120.0, soak=150.0,
+               crash_window=30.0)
 
 
 def _calm(run: ChaosRun, p: Profile) -> None:
+    """Let the group catch up with the log (bounded), then a calm period."""
+    run.settle()
     time.sleep(p.calm)
 
 
@@ -92,7 +96,7 @@ def net_partition(p: Profile) -> Body:
         _calm(run, p)
         run.proxy_down("net_down_one", one, p.partition_short)
         _calm(run, p)
-        run.toxic("net_blackhole_all", None, p.partition_short, "timeout", timeout=0)
+        run.toxic("net_blackhole_all", None, p.partition_all, "timeout", timeout=0)
         _calm(run, p)
         run.proxy_down("net_down_all", None, p.partition_long)
         _calm(run, p)
@@ -123,7 +127,8 @@ def worker_kill(p: Profile) -> Body:
     def body(run: ChaosRun) -> None:
         for _ in range(p.repeats + 2):
             run.worker_kill()
-            time.sleep(run.rnd.uniform(2.0, 5.0))
+            run.settle(60)
+            time.sleep(run.rnd.uniform(1.0, 3.0))
     return body
 
 
@@ -215,7 +220,8 @@ def soak(p: Profile) -> Body:
         deadline = time.monotonic() + p.soak
         while time.monotonic() < deadline:
             run.rnd.choice(menu)()
-            time.sleep(run.rnd.uniform(3.0, 8.0))
+            run.settle(60)
+            time.sleep(run.rnd.uniform(2.0, 6.0))
     return body
 
 
@@ -275,16 +281,16 @@ def build(p: Profile) -> list[Scenario]:
 
 def controls(p: Profile) -> list[Scenario]:
     """The negative controls: deliberately broken set-ups the checker must catch."""
-    secs = 10.0 if p.name == "smoke" else 20.0
+    secs = 8.0 if p.name == "smoke" else 20.0
     return [
         Scenario("control_commit_before_process", "a raw consumer that commits before it processes, SIGKILLed",
                  kill_workers_for(secs, (1.5, 3.0)), 0.3, {"worker": "bad", "workers": 2, "drain_timeout_s": 30.0},
                  control="lost"),
         Scenario("control_no_idempotency", "no idempotency store; crash after the effect",
-                 armed_for(secs), 0.3, {"mode": "nostore", "handler_crash": "after_effect_before_mark:0.01",
+                 armed_for(secs), 0.3, {"mode": "nostore", "handler_crash": "after_effect_before_mark:0.02",
                                        "workers": 2, "drain_timeout_s": 60.0}, control="duplicate_effects"),
         Scenario("control_non_atomic_sink", "effect committed on its own; crash between effect and mark",
-                 armed_for(secs), 0.3, {"mode": "nonatomic", "handler_crash": "after_effect_before_mark:0.01",
+                 armed_for(secs), 0.3, {"mode": "nonatomic", "handler_crash": "after_effect_before_mark:0.02",
                                        "workers": 2, "drain_timeout_s": 60.0}, control="duplicate_effects"),
         Scenario("control_in_memory_counter", "InMemoryStore (delivery counter dies with the process) and a "
                  "crash-poison message", crash_loop(25.0), 0.3,

@@ -56,6 +56,10 @@ KINDS = ("ok", "poison", "crash", "undecodable", "oversized", "hang")
 HEADER_ID = "sg-chaos-id"
 HEADER_KIND = "sg-chaos-kind"
 HEADER_SEQ = "sg-seq"
+#: The runtime's own sequence header (``streamguard.chaos.sequencer``): ``"<producer-id>:<n>"`` per partition.
+#: It is sent but not recorded in ``sends.jsonl``: the checker ignores ``streamguard.*`` headers on DLQ records,
+#: so recording it would make every dead letter look altered. ``sg-seq`` carries the same number and is checked.
+RUNTIME_SEQ_HEADER = "streamguard.seq"
 #: The battery's handlers are registered with this ``max_message_bytes``; ``oversized`` values exceed it.
 MAX_MESSAGE_BYTES = 2048
 
@@ -123,6 +127,7 @@ class Driver:
         if unknown:
             raise ValueError(f"unknown kinds {sorted(unknown)}")
         self._rnd = random.Random(seed)
+        self.producer_id = f"{id_prefix.rstrip('-')}-{seed}"
         self._injected: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._hold = threading.Event()
@@ -210,9 +215,11 @@ class Driver:
             value = encode_message(msg_id, kind, self.pad)
             headers: list[tuple[str, str | bytes | None]] = [
                 (HEADER_ID, msg_id.encode()), (HEADER_KIND, kind.encode()), (HEADER_SEQ, str(seq).encode())]
+            recorded = [[h, b64(v if isinstance(v, bytes) else None)] for h, v in headers]
+            headers.append((RUNTIME_SEQ_HEADER, f"{self.producer_id}:{seq}".encode()))
             row: dict[str, Any] = {"id": msg_id, "key": key, "kind": kind, "acked": False, "partition": partition,
                                    "t": time.time(), "key_b64": b64(key.encode()), "value_b64": b64(value),
-                                   "headers": [[h, b64(v if isinstance(v, bytes) else None)] for h, v in headers]}
+                                   "headers": recorded}
             with self._lock:
                 self._pending[msg_id] = row
             while True:

@@ -18,6 +18,7 @@ from streamguard.errors import KafkaOperationError
 from streamguard.kafka.clients import make_producer
 
 RELIABLE_DEFAULTS = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 30000,
+                     "socket.timeout.ms": 15000,
                      "max.in.flight.requests.per.connection": 5}
 
 

@@ -170,6 +170,7 @@ class Worker:
             "heartbeat.interval.ms": 1000,
             "queued.max.messages.kbytes": 16384,
             "fetch.wait.max.ms": 100,
+            "socket.timeout.ms": 15000,  # a black-holed connection is given up in 15 s, not librdkafka's 60 s
             "log_level": 3,
             "error_cb": self._on_client_error,
             "on_commit": self._on_commit,
@@ -835,7 +836,7 @@ class Worker:
                 exc2 = CrashLoopDetected(f"delivered {claim.deliveries - 1} times without resolving "
                                          f"(max_deliveries={spec.max_deliveries})")
                 return await self._divert(st, m, spec.quarantine, "quarantine", exc2, claim.deliveries - 1,
-                                          ctx.idempotency_key, release=True)
+                                          ctx.idempotency_key, release=True, keep_count=True)
             return await self._attempts(st, m, model, ctx, gate_held=suspect)
         finally:
             held = self._held.get(ctx.idempotency_key, 0) - 1
@@ -1011,11 +1012,30 @@ class Worker:
         return max(waits) if waits else None
 
     async def _release(self, ctx: Context) -> None:
+        """Give the claim back after a clean stop (revoked, sent to a retry topic): not a crash, so the
+        crash-loop counter starts over."""
         if self._store is not None:
-            try:
-                await self._store.call("release", ctx.idempotency_key, self.worker_id)
-            except Exception as exc:
-                log.warning("could not release claim %s: %s", ctx.idempotency_key, exc)
+            await self._release_key(ctx.idempotency_key, keep_count=False)
+
+    async def _release_key(self, key: str, *, keep_count: bool) -> None:
+        """Release ``key``; unless ``keep_count``, also zero its delivery counter in the same store job.
+
+        The counter must count only deliveries that ended *without* a clean outcome (the worker died or hung);
+        a delivery that ended in an acknowledged DLQ write, a retry topic or a revoke did not crash anything.
+        """
+        store = self._store
+        assert store is not None
+        owner = self.worker_id
+
+        def release() -> None:
+            if not keep_count:
+                store.store.reset_deliveries(key)
+            store.store.release(key, owner)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._store_pool, release)
+        except Exception as exc:
+            log.warning("could not release claim %s: %s", key, exc)
 
     def _failure_info(self, st: PartitionState, exc: BaseException, attempts: int, reason: str,
                       idem_key: str | None, first_failure: float | None) -> FailureInfo:
@@ -1071,7 +1091,7 @@ class Worker:
         return True
 
     async def _divert(self, st: PartitionState, m: Any, topic: str, reason: str, exc: BaseException,
-                      attempts: int, idem_key: str | None, *, release: bool = False,
+                      attempts: int, idem_key: str | None, *, release: bool = False, keep_count: bool = False,
                       first_failure: float | None = None,
                       origin: tuple[str, int, int, int | None, int, float | None] | None = None) -> str | None:
         """Write the original record to the DLQ or quarantine topic; wait for the ack, retrying forever."""
@@ -1092,7 +1112,7 @@ class Worker:
                     info.error_type, info.error_message, extra=extra)
         if release and self._store is not None and idem_key is not None:
             # released, not completed: the key was never handled, so a replay of this record must run
-            await self._store.call("release", idem_key, self.worker_id)
+            await self._release_key(idem_key, keep_count=keep_count)
         return "quarantined" if reason == "quarantine" else "dead_lettered"
 
     # ------------------------------------------------------------------ metrics hooks

@@ -35,8 +35,9 @@ class CommitSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                now = time.time()
-                for p, off in self.sample_once().items():
+                latest = self.sample_once()
+                now = time.time()  # dated on arrival: a slow answer can never look like an early commit
+                for p, off in latest.items():
                     if self.latest.get(p) != off:
                         self.latest[p] = off
                         self.samples.append((now, p, off))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from streamguard.chaos.battery import harness_checks
 from streamguard.chaos.harness import ChaosCluster, RunResult, run_scenario
 from streamguard.chaos.scenarios import CONTROL_PREDICATES, SMOKE, Scenario, build, controls, make_spec
 
@@ -49,5 +50,6 @@ def test_runtime_keeps_every_invariant(chaos_cluster: ChaosCluster, tmp_path: Pa
     assert result.report.stats["faults"] > 0, _explain(result)
     assert result.report.counts == dict.fromkeys(result.report.counts, 0), _explain(result)
     assert result.report.liveness_ok, _explain(result)
+    assert harness_checks(result.dir)["false_crash_loops"] == 0, harness_checks(result.dir)
     assert result.drained, _explain(result)
     assert not result.unexpected_exits, _explain(result)
