@@ -302,10 +302,10 @@ def check(history_dir: Path, *, max_deliveries: int, liveness_bound_s: float = 6
                       f"p{partition} committed {offset} at t={t:.3f} past unresolved {heap[0][2]} @{heap[0][0]}")
 
     # -- liveness and recovery -------------------------------------------------------------------------------
-    if faults:
-        healed = max(float(f["t_end"]) for f in faults)
-    else:
-        healed = max((float(s["t"]) for s in acked.values()), default=0.0)
+    # measured from when the final log end exists: the last fault healed AND the last message was sent (a run
+    # that keeps producing after its last fault cannot reach its final log end before its final send)
+    last_send = max((float(s["t"]) for s in acked.values()), default=0.0)
+    healed = max([last_send, *(float(f["t_end"]) for f in faults)])
     done = _catch_up_time(commits, log_end, healed)
     report.liveness_s = None if done is None else max(0.0, done - healed)
 

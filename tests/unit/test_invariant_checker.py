@@ -243,9 +243,21 @@ def test_stalled_commit_fails_liveness(tmp_path: Path) -> None:
 
 
 def test_slow_recovery_beyond_the_bound_fails(tmp_path: Path) -> None:
-    report = run(History(), tmp_path, liveness_bound_s=0.1)
+    history = History()
+    for row in history.commits:  # every commit lands 2 s late: recovery after the last send is slow
+        row["t"] += 2.0
+    report = run(history, tmp_path, liveness_bound_s=0.1)
     assert report.liveness_s is not None and report.liveness_s > 0.1
     assert not report.ok
+
+
+def test_liveness_is_measured_from_the_final_send_when_production_outlasts_the_faults(tmp_path: Path) -> None:
+    history = History()
+    for fault in history.faults:  # faults long before the end of production
+        fault["t_start"] -= 100.0
+        fault["t_end"] -= 100.0
+    report = run(history, tmp_path, liveness_bound_s=5.0)
+    assert report.liveness_s is not None and report.liveness_s < 5.0
 
 
 def test_redeliveries_after_an_effect_are_counted(tmp_path: Path) -> None:
