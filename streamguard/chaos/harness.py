@@ -447,29 +447,6 @@ class Supervisor:
 # ---------------------------------------------------------------------------------------------------------------
 # commits, as an outsider sees them
 # ---------------------------------------------------------------------------------------------------------------
-class ResponseTimeSampler(CommitSampler):
-    """CommitSampler stamping each sample with the time the answer *arrived*.
-
-    The base class stamps the time the request was *sent*; a commit that lands while the request is in flight
-    (a paused coordinator holds both) would then be dated before a message it covers was resolved, a false
-    "commit past unresolved". Dating at arrival can only make a sample later than the commit it shows, so any
-    violation the checker reports is real.
-    """
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                got = self.sample_once()
-                now = time.time()
-                for p, off in got.items():
-                    if self.latest.get(p) != off:
-                        self.latest[p] = off
-                        self.samples.append((now, p, off))
-            except Exception:
-                self.errors += 1
-            self._stop.wait(self.interval)
-
-
 def _raw(value: Any) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
@@ -591,7 +568,7 @@ class ChaosRun:
         self.pg_dsn: str | None = None
         self._pg_base = os.environ.get("STREAMGUARD_PG_DSN") or None
         self.sup: Supervisor | None = None
-        self.sampler: ResponseTimeSampler | None = None
+        self.sampler: CommitSampler | None = None
         self.driver: Driver | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
@@ -626,7 +603,7 @@ class ChaosRun:
         if self.pg_dsn:
             env["STREAMGUARD_PG_DSN"] = self.pg_dsn
         command = APP_COMMAND if spec.worker == "app" else BAD_COMMAND
-        self.sampler = ResponseTimeSampler(self.cc.bootstrap, self.group, self.topic, spec.partitions, interval=0.2)
+        self.sampler = CommitSampler(self.cc.bootstrap, self.group, self.topic, spec.partitions, interval=0.2)
         self.sampler.__enter__()
         self.sup = Supervisor(self.dir, command, env, self.faults, runtime_crash_kind=spec.runtime_crash_kind)
         self.sup.start(spec.workers)

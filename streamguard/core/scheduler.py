@@ -109,6 +109,3 @@ class KeyScheduler(Generic[T]):
         self._ready.clear()
         self.buffered -= len(dropped)
         return dropped
-
-    def keys_waiting(self) -> int:
-        return len(self._queues)

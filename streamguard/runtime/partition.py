@@ -61,7 +61,7 @@ class LaneJob:
 class PartitionState:
     """Offsets and scheduling of one (topic, partition) under one assignment epoch."""
 
-    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_job", "last_committed", "partition",
+    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_job", "partition",
                  "progress_at", "revoked", "scheduler", "spec", "topic", "tracker")
 
     def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int],
@@ -80,7 +80,6 @@ class PartitionState:
         self.lane = False  # set by the worker: run this partition's messages in batches on one thread
         self.lane_job: LaneJob | None = None
         self.drained: asyncio.Event | None = None
-        self.last_committed: tuple[int, str] | None = None
 
     @property
     def idle(self) -> bool:

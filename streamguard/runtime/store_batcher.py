@@ -1,6 +1,6 @@
 """Coalesce idempotency-store calls made in the same event-loop tick into one round trip each.
 
-Per-message claims, completions and delivery-counter reads would make the store dominate throughput
+Per-message claims, completions and suspect checks would make the store dominate throughput
 (an SQLite transaction or a PostgreSQL round trip each); batching them keeps the store's cost per
 message small without delaying any single message by more than one store round trip.
 """
@@ -49,7 +49,6 @@ class StoreBatcher:
         self._executor = executor
         self._claims = _Coalescer(lambda keys: store.claim_many(keys, owner, lease_seconds), executor)
         self._completes = _Coalescer(lambda keys: store.complete_many(keys, owner), executor)
-        self._deliveries = _Coalescer(lambda keys: [store.deliveries(k) for k in keys], executor)
         self._checked = _Coalescer(self._claim_unless_suspect, executor)
 
     async def claim(self, key: str) -> ClaimOutcome:
@@ -75,10 +74,6 @@ class StoreBatcher:
         for key, (done, deliveries) in zip(keys, peeked, strict=True):
             out.append(ClaimOutcome(ClaimStatus.DONE, deliveries) if done else claimed.get(key))
         return out
-
-    async def deliveries(self, key: str) -> int:
-        """The durable delivery counter of ``key`` (read without bumping it)."""
-        return int(await self._deliveries.submit(key))
 
     async def call(self, method: str, *args: Any) -> Any:
         """Run any other store method off the loop."""

@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -65,7 +64,6 @@ _CRASH = armed()
 T = TypeVar("T")
 
 DEFAULT_RETRY = Retry(attempts=3, backoff=(0.2, 5.0))
-OUTCOMES = ("ok", "retried", "dead_lettered", "quarantined", "duplicate_skipped", "preresolved_skipped", "fenced")
 
 
 class Worker:
@@ -1216,6 +1214,3 @@ class Worker:
             self.app.idempotency.close()
         log.info("worker %s stopped: %s", self.worker_id, dict(self.stats))
 
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
