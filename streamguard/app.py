@@ -68,7 +68,8 @@ class Settings:
     revoke_timeout: float = 10.0
     shutdown_timeout: float = 30.0
     startup_timeout: float = 30.0
-    max_inflight_total: int = 10_000
+    max_inflight_total: int = 60_000
+    max_inflight_bytes: int = 64 * 1024 * 1024
     sync_threads: int = 32
     metadata_max_bytes: int = 4000
     lease_seconds: float = 30.0
@@ -152,7 +153,7 @@ class App:
             raise ConfigError(f"retry_topics delays must be > 0 seconds (handler for {topic!r}), got {retry_topics}")
         if on_open == "fallback" and fallback is None:
             raise ConfigError(f"on_open='fallback' needs fallback= (handler for {topic!r})")
-        buffered = max_buffered if max_buffered is not None else max(concurrency * 8, 1000)
+        buffered = max_buffered if max_buffered is not None else max(concurrency * 8, 10_000)
         if buffered < concurrency:
             raise ConfigError(f"max_buffered ({buffered}) must be >= concurrency ({concurrency})")
         decoder = make_decoder(model, codec)

@@ -55,7 +55,7 @@ _SCALAR_FIELDS = tuple(name for name in _FIELDS if name != "kafka")
 
 _POSITIVE_FLOATS = {"commit_interval", "revoke_timeout", "shutdown_timeout", "startup_timeout", "lease_seconds"}
 _NON_NEGATIVE_FLOATS = {"poll_timeout"}
-_POSITIVE_INTS = {"poll_batch", "max_inflight_total", "sync_threads", "metadata_max_bytes"}
+_POSITIVE_INTS = {"poll_batch", "max_inflight_total", "max_inflight_bytes", "sync_threads", "metadata_max_bytes"}
 _OFFSET_RESETS = ("earliest", "latest", "smallest", "largest", "beginning", "end", "error")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
