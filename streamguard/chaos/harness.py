@@ -7,7 +7,10 @@ Who talks to Kafka through what:
   every byte between a worker and a broker passes a :class:`~streamguard.chaos.proxy.FaultProxy`, so network
   faults hit exactly the runtime under test;
 - the **driver**, the **commit sampler** and the **read-back** of DLQ/quarantine use the *direct* listeners:
-  the observers are not blinded by the faults they observe (broker kills and pauses hit them too).
+  the observers are not blinded by the faults they observe (broker kills and pauses hit them too);
+- the **brokers** reach each other (replication, KRaft quorum, heartbeats) through one *peer proxy* per ordered
+  pair of nodes and listener (``LocalKafkaCluster(peer_proxy_for=...)``: per-JVM hosts file), so
+  :meth:`ChaosCluster.isolate` can cut one broker off from its peers while every client still reaches it.
 
 Every scenario gets a fresh topic, consumer group and history folder; the cluster is shared by all scenarios
 of a battery (one 3-node cluster at a time on a small machine). Everything started here stops in ``finally``
@@ -33,12 +36,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from streamguard.chaos.checker import Report, check
 from streamguard.chaos.proxy import FaultProxy
 from streamguard.chaos.workload import Driver, JsonlWriter, b64, export_effects, prepare_effects_table
-from streamguard.testing.local_kafka import LocalKafkaCluster
+from streamguard.testing.local_kafka import LocalKafkaCluster, node_metadata
 from streamguard.testing.sampler import CommitSampler
 
 log = logging.getLogger("streamguard.chaos")
@@ -70,18 +73,41 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # the cluster
 # ---------------------------------------------------------------------------------------------------------------
-class ChaosCluster:
-    """A 3-node :class:`LocalKafkaCluster` with a :class:`FaultProxy` in front of each node's PROXIED listener."""
+IsolationMode = Literal["timeout", "down"]
+_ISOLATE_TOXIC = "isolate"
 
-    def __init__(self, workdir: Path | None = None) -> None:
+
+class ChaosCluster:
+    """A 3-node :class:`LocalKafkaCluster` with a :class:`FaultProxy` in front of each node's PROXIED listener.
+
+    With ``peer_proxies`` (the default) every broker-to-broker connection also passes a :class:`FaultProxy`:
+    one per ordered pair of nodes and per listener (``internal``: replication, ``controller``: the KRaft quorum
+    and broker heartbeats), 12 for 3 nodes, in :attr:`peer_proxies` keyed ``(src, dst, listener)``. They
+    carry no fault unless :meth:`isolate` cuts a node off.
+    """
+
+    def __init__(self, workdir: Path | None = None, *, peer_proxies: bool = True) -> None:
         self.proxies: dict[int, FaultProxy] = {}
+        self.peer_proxies: dict[tuple[int, int, str], FaultProxy] = {}
+        #: node id -> isolation mode, for the nodes cut off from their peers right now
+        self.isolated: dict[int, IsolationMode] = {}
 
         def proxy_for(node_id: int, port: int) -> tuple[str, int]:
             proxy = FaultProxy(("127.0.0.1", port), name=f"broker-{node_id}").start()
             self.proxies[node_id] = proxy
             return ("127.0.0.1", proxy.listen_port)
 
-        self.cluster = LocalKafkaCluster(3, proxy_for=proxy_for, workdir=workdir)
+        def peer_proxy_for(src: int, dst: int, listener: str, listen: tuple[str, int],
+                           upstream: tuple[str, int]) -> None:
+            proxy = FaultProxy(upstream, listen=listen, name=f"peer-{src}-{dst}-{listener}")
+            self.peer_proxies[(src, dst, listener)] = proxy.start()
+
+        try:
+            self.cluster = LocalKafkaCluster(3, proxy_for=proxy_for, workdir=workdir,
+                                             peer_proxy_for=peer_proxy_for if peer_proxies else None)
+        except BaseException:
+            self._stop_proxies()
+            raise
         self._admin: Any = None
 
     @property
@@ -104,8 +130,11 @@ class ChaosCluster:
         try:
             self.cluster.stop()
         finally:
-            for proxy in self.proxies.values():
-                proxy.stop()
+            self._stop_proxies()
+
+    def _stop_proxies(self) -> None:
+        for proxy in [*self.proxies.values(), *self.peer_proxies.values()]:
+            proxy.stop()
 
     def __enter__(self) -> ChaosCluster:
         return self.start()
@@ -122,12 +151,72 @@ class ChaosCluster:
         return self._admin
 
     def heal(self) -> None:
-        """Undo every fault: proxies up and clean, paused nodes resumed, dead nodes started, ISRs full."""
+        """Undo every fault: proxies up and clean, isolations lifted, paused nodes resumed, dead nodes started."""
         for proxy in self.proxies.values():
             proxy.clear_toxics()
             if not proxy.enabled:
                 proxy.enable()
+        if self.isolated:
+            log.info("heal: lifting the isolation of %s", ", ".join(f"broker-{n}" for n in sorted(self.isolated)))
+        self.isolated.clear()
+        for proxy in self.peer_proxies.values():
+            if proxy.toxics():
+                proxy.clear_toxics()
+                proxy.reset_connections()  # a black hole dropped bytes mid-stream: start the streams afresh
+            if not proxy.enabled:
+                proxy.enable()
         self.cluster.heal()
+
+    # -- isolation: a broker cut off from its peers, clients still reach it ----------------------------------
+    def peer_proxies_of(self, node_id: int) -> list[tuple[tuple[int, int, str], FaultProxy]]:
+        """The peer proxies of every connection into and out of ``node_id``."""
+        return [(key, proxy) for key, proxy in sorted(self.peer_proxies.items()) if node_id in key[:2]]
+
+    def isolate(self, node_id: int, mode: IsolationMode = "timeout") -> None:
+        """Cut ``node_id`` off from the other nodes (replication, quorum, heartbeats both ways); clients still
+        reach it on every listener.
+
+        ``timeout`` (default): a black hole (the ``timeout`` toxic with timeout 0 on both streams of each peer
+        proxy): connections stay open, bytes vanish, new connections are accepted and go nowhere. ``down``: the
+        peer proxies are disabled (connections dropped, new ones refused). :meth:`unisolate` or :meth:`heal`
+        undo it.
+        """
+        if not self.peer_proxies:
+            raise RuntimeError("this ChaosCluster was built with peer_proxies=False: it cannot isolate a node")
+        if mode not in ("timeout", "down"):
+            raise ValueError(f"mode must be 'timeout' or 'down', got {mode!r}")
+        self.isolated[node_id] = mode
+        cut = self._apply_isolation()
+        log.info("isolated broker-%d (%s): %d peer proxies cut: %s", node_id,
+                 "black hole" if mode == "timeout" else "proxies down", len(cut), ", ".join(cut))
+
+    def unisolate(self, node_id: int) -> None:
+        """Lift :meth:`isolate` of ``node_id`` (other isolated nodes stay cut off)."""
+        mode = self.isolated.pop(node_id, None)
+        self._apply_isolation()
+        log.info("broker-%d reconnected to its peers (was: %s)", node_id, mode)
+
+    def _apply_isolation(self) -> list[str]:
+        """Bring every peer proxy to the state :attr:`isolated` asks for; returns the names of the cut ones."""
+        cut: list[str] = []
+        for (src, dst, _), proxy in sorted(self.peer_proxies.items()):
+            modes = {mode for node, mode in self.isolated.items() if node in (src, dst)}
+            holed = any(t["name"].startswith(_ISOLATE_TOXIC) for t in proxy.toxics())
+            if "timeout" in modes and not holed:
+                for stream in ("upstream", "downstream"):
+                    proxy.add_toxic(f"{_ISOLATE_TOXIC}-{stream}", "timeout", stream=stream, timeout=0)
+            elif "timeout" not in modes and holed:
+                for stream in ("upstream", "downstream"):
+                    with contextlib.suppress(KeyError):
+                        proxy.remove_toxic(f"{_ISOLATE_TOXIC}-{stream}")
+                proxy.reset_connections()  # the black hole dropped bytes mid-stream: start the streams afresh
+            if "down" in modes and proxy.enabled:
+                proxy.disable()
+            elif "down" not in modes and not proxy.enabled:
+                proxy.enable()
+            if modes:
+                cut.append(proxy.name)
+        return cut
 
     def create_topic(self, name: str, partitions: int, config: dict[str, str] | None = None) -> None:
         from streamguard.testing.pytest_plugin import create_topic
@@ -139,7 +228,10 @@ class ChaosCluster:
         return {p: pm.leader for p, pm in md.partitions.items()}
 
     def controller(self) -> int:
-        return int(self.admin.list_topics(timeout=10).controller_id)
+        """The active KRaft controller (quorum leader). A Metadata response's ``controller_id`` is no use for
+        that: in KRaft it names a random live broker."""
+        active = self.cluster.active_controller()
+        return active if active is not None else int(self.admin.list_topics(timeout=10).controller_id)
 
     def coordinator(self, group: str) -> int | None:
         try:
@@ -148,17 +240,30 @@ class ChaosCluster:
         except Exception:
             return None
 
-    def wait_in_sync(self, topics: list[str], timeout: float = 90.0) -> bool:
-        """Wait until every running node is in the metadata and each partition of ``topics`` has a full ISR."""
+    def wait_in_sync(self, topics: list[str], timeout: float = 90.0, *, every_node: bool = False) -> bool:
+        """Wait until every running node is in the metadata and each partition of ``topics`` has a full ISR.
+
+        ``every_node``: as *each* running node sees it (one Metadata request to each node's direct listener),
+        not as whichever broker the admin client asks: a node that was cut off from the controller serves its
+        stale view (itself leader, full ISR) until it has caught up.
+        """
         deadline = time.monotonic() + timeout
-        running = {n.node_id for n in self.cluster.nodes if n.is_running() and not n._paused}
+        nodes = [n for n in self.cluster.nodes if n.is_running() and not n._paused]
+        running = {n.node_id for n in nodes}
         while time.monotonic() < deadline:
             try:
-                md = self.admin.list_topics(timeout=5)
-                if running <= set(md.brokers) and all(
-                        len(pm.isrs) >= len(running) and pm.leader >= 0
-                        for t in topics if t in md.topics for pm in md.topics[t].partitions.values()):
-                    return True
+                if every_node:
+                    views = [node_metadata(n.address, topics) for n in nodes]
+                    if all(running <= v.brokers and all(
+                            len(pv.isr) >= len(running) and pv.leader >= 0
+                            for t in topics for pv in v.topics.get(t, {}).values()) for v in views):
+                        return True
+                else:
+                    md = self.admin.list_topics(timeout=5)
+                    if running <= set(md.brokers) and all(
+                            len(pm.isrs) >= len(running) and pm.leader >= 0
+                            for t in topics if t in md.topics for pm in md.topics[t].partitions.values()):
+                        return True
             except Exception:
                 pass
             time.sleep(0.5)
@@ -723,6 +828,18 @@ class ChaosRun:
             finally:
                 node.resume()
         self.cc.wait_in_sync([self.topic, "__consumer_offsets"], 120)
+
+    def isolate(self, node_id: int, seconds: float, kind: str, mode: IsolationMode = "timeout") -> None:
+        """Cut a broker off from its peers for ``seconds`` (clients still reach it), then reconnect it and wait
+        for full ISRs (outside the window: recovery is measured from the reconnection)."""
+        with self.faults.window(kind, f"broker-{node_id}"):
+            self.cc.isolate(node_id, mode)
+            try:
+                time.sleep(seconds)
+            finally:
+                self.cc.unisolate(node_id)
+        if not self.cc.wait_in_sync([self.topic, "__consumer_offsets"], 120, every_node=True):
+            log.warning("%s: ISRs not full within 120 s of reconnecting broker-%d", self.spec.name, node_id)
 
     def proxies(self, nodes: list[int] | None) -> list[tuple[int, FaultProxy]]:
         ids = nodes or sorted(self.cc.proxies)

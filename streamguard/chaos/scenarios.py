@@ -40,7 +40,11 @@ class Profile:
     partition_short: float = 12.0  # one broker
     partition_all: float = 12.0
     partition_long: float = 30.0
-    partition_very_long: float = 0.0  # 0: not run
+    partition_very_long: float = 0.0  # one broker; 0: not run
+    partition_all_very_long: float = 0.0  # every broker; 0: not run
+    isolate: float = 10.0  # a leader cut off from its peers (clients still reach it)
+    isolate_long: float = 0.0  # 0: not run
+    isolate_controller: float = 0.0  # the active controller cut off from its peers; 0: not run
     degraded: float = 8.0
     zombie: float = SESSION_TIMEOUT_S + 6.0
     storm: float = 24.0
@@ -49,7 +53,8 @@ class Profile:
 
 
 SMOKE = Profile("smoke", kill_down=3.0, repeats=1, calm=3.0, crash_window=10.0)
-FULL = Profile("full", repeats=3, partition_short=30.0, partition_all=15.0, partition_very_long=120.0, soak=150.0,
+FULL = Profile("full", repeats=3, partition_short=30.0, partition_all=15.0, partition_very_long=120.0,
+               partition_all_very_long=120.0, isolate=30.0, isolate_long=120.0, isolate_controller=30.0, soak=150.0,
                crash_window=30.0)
 
 
@@ -103,6 +108,26 @@ def net_partition(p: Profile) -> Body:
         if p.partition_very_long:
             run.toxic("net_blackhole_one_long", [run.rnd.choice(sorted(run.cc.proxies))], p.partition_very_long,
                       "timeout", timeout=0)
+            _calm(run, p)
+        if p.partition_all_very_long:
+            run.toxic("net_blackhole_all_long", None, p.partition_all_very_long, "timeout", timeout=0)
+            _calm(run, p)
+    return body
+
+
+def isolated_leader(p: Profile) -> Body:
+    """Cut a partition leader off from its peers (replication, quorum, heartbeats) while clients still reach it:
+    the controller fences it and moves leadership, but the isolated broker keeps answering with its stale view."""
+    def body(run: ChaosRun) -> None:
+        leaders = run.cc.leaders(run.topic)
+        run.isolate(leaders[run.rnd.choice(sorted(leaders))], p.isolate, "broker_isolate_leader")
+        _calm(run, p)
+        if p.isolate_long:
+            leaders = run.cc.leaders(run.topic)
+            run.isolate(leaders[run.rnd.choice(sorted(leaders))], p.isolate_long, "broker_isolate_leader_long")
+            _calm(run, p)
+        if p.isolate_controller:  # peer proxies down this time (connections refused) rather than a black hole
+            run.isolate(run.cc.controller(), p.isolate_controller, "broker_isolate_controller", mode="down")
             _calm(run, p)
     return body
 
@@ -252,6 +277,9 @@ def build(p: Profile) -> list[Scenario]:
                  1.2, {"mix": mixed}),
         Scenario("net_partition", "client<->broker partition through the proxies: black hole and down, one broker "
                  "and all", net_partition(p), 2.0, {"mix": mixed, "liveness_bound_s": 90.0}),
+        Scenario("isolated_leader", "a partition leader cut off from its peers (replication, KRaft quorum) while "
+                 "clients still reach it; full: 30 s, 120 s, then the active controller", isolated_leader(p), 1.5,
+                 {"mix": mixed, "liveness_bound_s": 90.0}),
         Scenario("degraded_network", "latency+jitter, bandwidth, slicer, reset_peer, 10% loss on every proxy",
                  degraded_network(p), 1.2, {"mix": mixed}),
         Scenario("worker_sigkill", "SIGKILL random workers (the supervisor restarts them)", worker_kill(p), 1.0,

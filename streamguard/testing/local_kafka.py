@@ -12,11 +12,13 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -38,6 +40,24 @@ from streamguard.testing.security import (
 )
 
 SASL_SSL_LISTENER = "SECURE"
+
+#: ``peer_proxy_for(src, dst, listener, listen, upstream)`` -- see :class:`LocalKafkaCluster`. ``listener`` is
+#: ``"internal"`` (replication) or ``"controller"`` (KRaft quorum and broker heartbeats).
+PeerProxyHook = Callable[[int, int, str, tuple[str, int], tuple[str, int]], None]
+PEER_LISTENERS = ("internal", "controller")
+
+
+def peer_host(node_id: int, listener: str) -> str:
+    """The name node ``node_id``'s ``listener`` is advertised under when peers go through proxies."""
+    return f"sg-node-{node_id}.{listener}"
+
+
+def peer_address(src: int, dst: int) -> str:
+    """The loopback address node ``src`` reaches node ``dst`` at (all of 127/8 is loopback on Linux)."""
+    if not (0 < src < 256 and 0 < dst < 256):
+        raise ValueError(f"node ids must be in 1..255 for peer proxies, got {src}, {dst}")
+    return f"127.0.{src}.{dst}"
+
 
 _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -161,6 +181,100 @@ class KafkaNode:
         return text
 
 
+@dataclass(frozen=True)
+class PartitionView:
+    """One partition as one broker's metadata cache has it."""
+
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    error: int = 0
+
+
+@dataclass(frozen=True)
+class NodeMetadata:
+    """What one broker answers to a Metadata request (its own cache, possibly stale)."""
+
+    brokers: frozenset[int]
+    controller_id: int
+    topics: dict[str, dict[int, PartitionView]]
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str) -> Any:
+        value = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value[0]
+
+    def string(self) -> str | None:
+        n = self.take(">h")
+        if n < 0:
+            return None
+        text = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return text
+
+    def ints(self) -> tuple[int, ...]:
+        return tuple(self.take(">i") for _ in range(max(0, self.take(">i"))))
+
+
+def node_metadata(address: str, topics: list[str] | None = None, timeout: float = 5.0) -> NodeMetadata:
+    """Ask exactly the broker at ``address`` (``host:port``) for metadata: one raw Metadata v4 request.
+
+    A Kafka client sends its metadata requests to whichever broker it likes; this answers "what does *this*
+    broker believe" (a broker cut off from the controller keeps serving its last view). ``topics=None``: all.
+    Raises ``OSError`` (or ``TimeoutError``) if the broker does not answer within ``timeout``.
+    """
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack(">h", len(raw)) + raw
+
+    host, _, port = address.rpartition(":")
+    wanted = struct.pack(">i", -1) if topics is None else \
+        struct.pack(">i", len(topics)) + b"".join(text(t) for t in topics)
+    request = struct.pack(">hhi", 3, 4, 1) + text("streamguard-probe") + wanted + b"\x00"  # no auto-creation
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        size = struct.unpack(">i", _recv_exactly(sock, 4))[0]
+        r = _Reader(_recv_exactly(sock, size))
+    r.take(">i")  # correlation id
+    r.take(">i")  # throttle time
+    brokers = set()
+    for _ in range(r.take(">i")):
+        brokers.add(r.take(">i"))
+        r.string()
+        r.take(">i")
+        r.string()
+    r.string()  # cluster id
+    controller = r.take(">i")
+    result: dict[str, dict[int, PartitionView]] = {}
+    for _ in range(r.take(">i")):
+        r.take(">h")  # topic error
+        name = r.string() or ""
+        r.take(">b")  # internal
+        parts: dict[int, PartitionView] = {}
+        for _ in range(r.take(">i")):
+            error, index, leader = r.take(">h"), r.take(">i"), r.take(">i")
+            replicas, isr = r.ints(), r.ints()
+            parts[index] = PartitionView(leader, replicas, isr, error)
+        result[name] = parts
+    return NodeMetadata(frozenset(brokers), controller, result)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("broker closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
 _LIVE: weakref.WeakSet[LocalKafkaCluster] = weakref.WeakSet()
 
 
@@ -177,6 +291,20 @@ class LocalKafkaCluster:
     the node then also listens on a PROXIED listener that advertises that address, while brokers keep
     replicating over their direct INTERNAL listener.
 
+    ``peer_proxy_for`` (opt-in) routes every node-to-node connection through a forwarder per ordered pair, so
+    a test can cut one node off from its peers while clients still reach it. The INTERNAL and CONTROLLER
+    listeners are then advertised as ``sg-node-<id>.internal:<port>`` and ``sg-node-<id>.controller:<port>``
+    and the quorum voters are ``<id>@sg-node-<id>.controller:<port>``; the listeners still bind 127.0.0.1.
+    (The CONTROLLER listener must be advertised too: a quorum leader hands its endpoint to the voters, and a
+    voter that cannot reach it through its proxy would connect to that endpoint directly, around the cut.)
+    Each JVM gets ``-Djdk.net.hosts.file=<workdir>/hosts``, so it resolves names from that file only: its own
+    names map to 127.0.0.1, peer ``Y``'s names seen from node ``X`` map to :func:`peer_address` ``(X, Y)`` =
+    ``127.0.X.Y``. For each ordered pair and each of :data:`PEER_LISTENERS` the hook is called once, at
+    construction, as ``peer_proxy_for(X, Y, listener, listen=("127.0.X.Y", port), upstream=("127.0.0.1",
+    port))``; it must have something listening on ``listen`` and forwarding to ``upstream`` before
+    :meth:`start` (e.g. a :class:`~streamguard.chaos.proxy.FaultProxy`). Client listeners (CLIENT, PROXIED,
+    SASL_SSL) and the Python clients are unchanged; without the hook nothing above applies.
+
     ``security="sasl_ssl"`` adds a SASL_SSL client listener (SCRAM-SHA-512 over TLS, certificates from a
     throw-away CA made with ``keytool``, see :mod:`streamguard.testing.security`) next to the PLAINTEXT
     one; brokers and controllers keep talking PLAINTEXT. ``sasl_users`` (name -> password) are created at
@@ -186,6 +314,7 @@ class LocalKafkaCluster:
 
     def __init__(self, nodes: int = 1, *, version: str = KAFKA_VERSION, workdir: str | Path | None = None,
                  proxy_for: Callable[[int, int], tuple[str, int]] | None = None,
+                 peer_proxy_for: PeerProxyHook | None = None,
                  extra_properties: dict[str, str] | None = None,
                  security: Literal["plaintext", "sasl_ssl"] = "plaintext",
                  sasl_users: Mapping[str, str] | None = None) -> None:
@@ -214,6 +343,16 @@ class LocalKafkaCluster:
             if security == "sasl_ssl":
                 node.sasl_ssl_port = free_port()
             self.nodes.append(node)
+        self.peer_proxied = peer_proxy_for is not None
+        if peer_proxy_for is not None:
+            for src in self.nodes:
+                for dst in self.nodes:
+                    if src is dst:
+                        continue
+                    for listener in PEER_LISTENERS:
+                        port = dst.internal_port if listener == "internal" else dst.controller_port
+                        listen = (peer_address(src.node_id, dst.node_id), port)
+                        peer_proxy_for(src.node_id, dst.node_id, listener, listen, ("127.0.0.1", port))
         self._started = False
 
     # -- addresses -------------------------------------------------------------------------------
@@ -248,13 +387,36 @@ class LocalKafkaCluster:
     def node(self, node_id: int) -> KafkaNode:
         return self.nodes[node_id - 1]
 
+    def active_controller(self) -> int | None:
+        """The KRaft quorum leader (the active controller), from the nodes' ``quorum-state`` files.
+
+        Each voter rewrites that file on every epoch change; the highest epoch with a known leader wins (a node
+        cut off or down keeps an older epoch). Not the ``controller_id`` of a Metadata response: in KRaft that
+        is a random live broker.
+        """
+        best: tuple[int, int] | None = None
+        for node in self.nodes:
+            path = node.workdir / "data" / "__cluster_metadata-0" / "quorum-state"
+            try:
+                state = json.loads(path.read_text())
+                epoch, leader = int(state["leaderEpoch"]), int(state["leaderId"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if leader >= 0 and (best is None or epoch > best[0]):
+                best = (epoch, leader)
+        return None if best is None else best[1]
+
     # -- lifecycle -------------------------------------------------------------------------------
     def _properties(self, node: KafkaNode) -> str:
         n = self.size
-        voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in self.nodes)
+        internal_host = peer_host(node.node_id, "internal") if self.peer_proxied else "127.0.0.1"
+        voters = ",".join(f"{x.node_id}@{peer_host(x.node_id, 'controller') if self.peer_proxied else '127.0.0.1'}"
+                          f":{x.controller_port}" for x in self.nodes)
         listeners = [f"INTERNAL://127.0.0.1:{node.internal_port}", f"CLIENT://127.0.0.1:{node.client_port}",
                      f"CONTROLLER://127.0.0.1:{node.controller_port}"]
-        advertised = [f"INTERNAL://127.0.0.1:{node.internal_port}", f"CLIENT://127.0.0.1:{node.client_port}"]
+        advertised = [f"INTERNAL://{internal_host}:{node.internal_port}", f"CLIENT://127.0.0.1:{node.client_port}"]
+        if self.peer_proxied:  # a quorum leader hands its endpoint to the voters (KIP-853): the name, not 127.0.0.1
+            advertised.append(f"CONTROLLER://{peer_host(node.node_id, 'controller')}:{node.controller_port}")
         protocols = "INTERNAL:PLAINTEXT,CLIENT:PLAINTEXT,CONTROLLER:PLAINTEXT"
         if node.proxied_port and node.advertised_proxied:
             listeners.append(f"PROXIED://127.0.0.1:{node.proxied_port}")
@@ -303,14 +465,27 @@ class LocalKafkaCluster:
         props.update(self.extra_properties)
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
+    def _hosts(self, node: KafkaNode) -> str:
+        """Node ``node``'s hosts file (``peer_proxy_for``): own names on 127.0.0.1, peers on their pair address."""
+        lines = [f"127.0.0.1 localhost {socket.gethostname()}"]
+        for other in self.nodes:
+            ip = "127.0.0.1" if other is node else peer_address(node.node_id, other.node_id)
+            lines.append(f"{ip} {' '.join(peer_host(other.node_id, listener) for listener in PEER_LISTENERS)}")
+        return "\n".join(lines) + "\n"
+
     def _prepare(self, node: KafkaNode, libs: Path, java: str) -> None:
         node.workdir.mkdir(parents=True, exist_ok=True)
         props = node.workdir / "server.properties"
         props.write_text(self._properties(node))
         log4j = node.workdir / "log4j2.xml"
         log4j.write_text(_LOG4J2_XML.format(log=node.log_file))
-        base = [java, *JVM_OPTS, f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={node.workdir}",
-                "-cp", f"{libs}/*"]
+        resolver: list[str] = []
+        if self.peer_proxied:
+            hosts = node.workdir / "hosts"
+            hosts.write_text(self._hosts(node))
+            resolver = [f"-Djdk.net.hosts.file={hosts}"]  # the JVM then resolves names from this file only
+        base = [java, *JVM_OPTS, *resolver, f"-Dlog4j2.configurationFile={log4j}",
+                f"-Dkafka.logs.dir={node.workdir}", "-cp", f"{libs}/*"]
         # --cluster-id=ID, not -t ID: a random id may begin with "-" and be taken for an option
         fmt = subprocess.run([*base, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                               "-c", str(props),
