@@ -543,6 +543,15 @@ def _profile_threads(worker: Any, profile: dict[str, Any]) -> None:
     worker._pool.shutdown(wait=False)
     worker._pool = concurrent.futures.ThreadPoolExecutor(worker.settings.sync_threads, "streamguard-handler",
                                                          initializer=start_thread_profile)
+    store_profiles: list[cProfile.Profile] = profile.setdefault("store threads", [])
+
+    def start_store_profile() -> None:
+        prof = cProfile.Profile()
+        store_profiles.append(prof)
+        prof.enable()
+
+    worker._store_pool.shutdown(wait=False)
+    worker._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store", initializer=start_store_profile)
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -1056,7 +1065,7 @@ def _main(args: argparse.Namespace, systems: list[System], runs: int, bootstrap:
                   f"commits/s  (wall {r.wall_seconds:.1f}s) {status}", file=sys.stderr)
 
     if profile is not None:
-        print(profile_text(profile))
+        print(profile_text(profile, top=30, sort="tottime"))
         return 0
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

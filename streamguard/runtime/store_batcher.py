@@ -66,7 +66,12 @@ class StoreBatcher:
 
     def _claim_unless_suspect(self, keys: Sequence[str]) -> list[ClaimOutcome | None]:
         """Done keys come back DONE (nothing to run, no gate needed); keys never delivered are claimed;
-        keys delivered before without resolving are suspects (None)."""
+        keys delivered before without resolving are suspects (None). A store may do it in one transaction
+        (``claim_unless_suspect_many``); otherwise a peek and a claim of the fresh keys."""
+        fused = getattr(self.store, "claim_unless_suspect_many", None)
+        if fused is not None:
+            result: list[ClaimOutcome | None] = fused(keys, self.owner, self.lease)
+            return result
         peeked = self.store.peek_many(keys)
         fresh = [k for k, (done, deliveries) in zip(keys, peeked, strict=True) if not done and deliveries == 0]
         claimed = dict(zip(fresh, self.store.claim_many(fresh, self.owner, self.lease), strict=True)) if fresh else {}

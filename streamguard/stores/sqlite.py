@@ -28,8 +28,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import orjson
+
 from streamguard.core.idempotency import (
     ClaimOutcome,
+    ClaimStatus,
     KeyRecord,
     RecordStatus,
     transition_claim,
@@ -62,6 +65,17 @@ _UPSERT = (
     "deliveries = excluded.deliveries, completed_at = excluded.completed_at, updated_at = excluded.updated_at"
 )
 _CHUNK = 500  # keys per SELECT ... IN (...), well under SQLite's bound-variable limit
+# Set-at-a-time fast paths: the batch travels as one JSON array (json_each), so SQLite loops in C. Only the
+# keys these statements do not settle (rows that already existed / were not ours) take the general path
+# through the pure transitions in core.idempotency, which stay the single definition of the rules.
+_CLAIM_FRESH = (
+    f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT value, 'claimed', ?, ?, 1, NULL, ? FROM json_each(?) WHERE true "
+    "ON CONFLICT(key) DO NOTHING RETURNING key"
+)  # = transition_claim(None, ...): a key never seen is ACQUIRED with deliveries 1
+_COMPLETE_OWN = (
+    f"UPDATE {TABLE} SET status = 'done', lease_expires = NULL, completed_at = ?, updated_at = ? "
+    "WHERE key IN (SELECT value FROM json_each(?)) AND status = 'claimed' AND owner = ? RETURNING key"
+)  # = transition_complete(own claim, ...): DONE, counter kept
 
 
 def _row(key: str, rec: KeyRecord) -> tuple[object, ...]:
@@ -166,34 +180,76 @@ class SqliteStore:
         return self.claim_many([key], owner, lease_seconds)[0]
 
     def claim_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> list[ClaimOutcome]:
-        uniq = unique_keys(keys)
-        results: dict[str, ClaimOutcome] = {}
         with self._write() as conn:
-            now = self._clock()
-            current = self._read(conn, uniq)
+            results = self._claim(conn, unique_keys(keys), owner, lease_seconds)
+        return [results[k] for k in keys]
+
+    def _claim(self, conn: sqlite3.Connection, uniq: list[str], owner: str,
+               lease_seconds: float) -> dict[str, ClaimOutcome]:
+        now = self._clock()
+        fresh = self._claim_fresh(conn, uniq, owner, now, lease_seconds)
+        results = dict.fromkeys(fresh, ClaimOutcome(ClaimStatus.ACQUIRED, 1))
+        rest = [k for k in uniq if k not in results]
+        if rest:
+            current = self._read(conn, rest)
             writes = []
-            for key in uniq:
+            for key in rest:
                 new, results[key] = transition_claim(current.get(key), owner, now, lease_seconds)
                 if new is not None:
                     writes.append(_row(key, new))
             conn.executemany(_UPSERT, writes)
-        return [results[k] for k in keys]
+        return results
+
+    @staticmethod
+    def _claim_fresh(conn: sqlite3.Connection, keys: list[str], owner: str, now: float,
+                     lease_seconds: float) -> set[str]:
+        rows = conn.execute(_CLAIM_FRESH, (owner, now + lease_seconds, now, orjson.dumps(keys).decode()))
+        return {row[0] for row in rows}
+
+    def claim_unless_suspect_many(self, keys: Sequence[str], owner: str,
+                                  lease_seconds: float) -> list[ClaimOutcome | None]:
+        """One transaction: keys never seen are claimed, DONE keys come back DONE, keys delivered before
+        without resolving (suspects) come back None untouched; see StoreBatcher.claim_unless_suspect."""
+        uniq = unique_keys(keys)
+        out: dict[str, ClaimOutcome | None] = {}
+        with self._write() as conn:
+            now = self._clock()
+            for key in self._claim_fresh(conn, uniq, owner, now, lease_seconds):
+                out[key] = ClaimOutcome(ClaimStatus.ACQUIRED, 1)
+            rest = [k for k in uniq if k not in out]
+            if rest:
+                current = self._read(conn, rest)
+                claimable = []
+                for key in rest:
+                    rec = current.get(key)
+                    if rec is not None and rec.status is RecordStatus.DONE:
+                        out[key] = ClaimOutcome(ClaimStatus.DONE, rec.deliveries)
+                    elif rec is None or rec.deliveries == 0:
+                        claimable.append(key)
+                    else:
+                        out[key] = None
+                if claimable:
+                    out.update(self._claim(conn, claimable, owner, lease_seconds))
+        return [out[k] for k in keys]
 
     def complete(self, key: str, owner: str) -> bool:
         return self.complete_many([key], owner)[0]
 
     def complete_many(self, keys: Sequence[str], owner: str) -> list[bool]:
         uniq = unique_keys(keys)
-        results: dict[str, bool] = {}
         with self._write() as conn:
             now = self._clock()
-            current = self._read(conn, uniq)
-            writes = []
-            for key in uniq:
-                new, results[key] = transition_complete(current.get(key), owner, now)
-                if new is not None:
-                    writes.append(_row(key, new))
-            conn.executemany(_UPSERT, writes)
+            rows = conn.execute(_COMPLETE_OWN, (now, now, orjson.dumps(uniq).decode(), owner))
+            results = dict.fromkeys((row[0] for row in rows), True)
+            rest = [k for k in uniq if k not in results]
+            if rest:
+                current = self._read(conn, rest)
+                writes = []
+                for key in rest:
+                    new, results[key] = transition_complete(current.get(key), owner, now)
+                    if new is not None:
+                        writes.append(_row(key, new))
+                conn.executemany(_UPSERT, writes)
         return [results[k] for k in keys]
 
     def release(self, key: str, owner: str) -> None:

@@ -392,3 +392,29 @@ def test_peek_reads_done_and_counter_without_changing_anything(store: Idempotenc
     assert store.peek_many(["a", "b", "c"]) == [(True, 1), (False, 2), (False, 0)]
     assert store.peek_many(["b"]) == [(False, 2)]  # peeking again bumped nothing
     assert store.deliveries("c") == 0
+
+
+def test_claim_unless_suspect_sorts_fresh_done_and_suspect_keys(store: IdempotencyStore, clock: FakeClock) -> None:
+    """The runtime's batched first claim (one transaction on SqliteStore, peek + claim elsewhere) must give the
+    same answers on every store: fresh and counter-reset keys are claimed, DONE keys reported, keys delivered
+    before without resolving come back None with their counter untouched."""
+    from streamguard.runtime.store_batcher import StoreBatcher
+
+    store.claim("done", "w0", LEASE)
+    store.complete("done", "w0")
+    store.claim("suspect", "w0", LEASE)  # a delivery that never resolved (a crash)
+    store.claim("expired", "w0", LEASE)
+    store.claim("reset", "w0", LEASE)
+    store.release("reset", "w0")
+    store.reset_deliveries("reset")  # what a replay does
+    clock.advance(LEASE + 1)
+    store.claim("suspect", "w9", LEASE)  # and another owner's live claim on it now
+
+    with ThreadPoolExecutor(1) as pool:
+        batcher = StoreBatcher(store, pool, "w1", LEASE)
+        out = batcher._claim_unless_suspect(["new1", "done", "suspect", "expired", "reset", "new2", "new1"])
+    assert out == [ClaimOutcome(ACQUIRED, 1), ClaimOutcome(DONE, 1), None, None, ClaimOutcome(ACQUIRED, 1),
+                   ClaimOutcome(ACQUIRED, 1), ClaimOutcome(ACQUIRED, 1)]
+    assert [store.deliveries(k) for k in ("new1", "suspect", "expired", "reset", "new2")] == [1, 2, 1, 1, 1]
+    assert store.complete_many(["new1", "new2", "suspect", "reset"], "w1") == [True, True, False, True]
+    assert store.peek_many(["new1", "suspect", "reset"]) == [(True, 1), (False, 2), (True, 1)]
