@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -49,19 +50,25 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "current_started", "done", "stop")
+    __slots__ = ("abandoned", "claimed", "current_started", "done", "dupes", "index", "lock", "ok_keys", "stop")
 
     def __init__(self) -> None:
-        self.done = 0
+        self.done = 0  # messages of the batch resolved (with a store: their completions written)
         self.current_started = 0.0
         self.stop = False
         self.abandoned = False
+        # with an idempotency store (claimed_lane.py); ``lock`` orders the lane against the timeout watchdog
+        self.lock = threading.Lock()
+        self.index = 0  # batch index of the message the handler is running
+        self.dupes = 0  # resolved as duplicates (key already DONE): no handler call
+        self.ok_keys: list[str] = []  # keys of the current chunk that succeeded, completion not yet written
+        self.claimed: list[tuple[int, str]] = []  # (batch index, key) claimed in the current chunk
 
 
 class PartitionState:
     """Offsets and scheduling of one (topic, partition) under one assignment epoch."""
 
-    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_job", "partition",
+    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_chunk", "lane_job", "partition",
                  "progress_at", "revoked", "scheduler", "spec", "topic", "tracker")
 
     def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int],
@@ -79,6 +86,7 @@ class PartitionState:
         self.fast = False  # set by the worker: async handler without store/breakers -> one coroutine per message
         self.lane = False  # set by the worker: run this partition's messages in batches on one thread
         self.lane_job: LaneJob | None = None
+        self.lane_chunk = 100  # keys the claimed lane claims per transaction (adapted to the handler's speed)
         self.drained: asyncio.Event | None = None
 
     @property

@@ -80,6 +80,10 @@ class StoreBatcher:
             out.append(ClaimOutcome(ClaimStatus.DONE, deliveries) if done else claimed.get(key))
         return out
 
+    async def call_with(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` (blocking store work) off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def call(self, method: str, *args: Any) -> Any:
         """Run any other store method off the loop."""
         loop = asyncio.get_running_loop()

@@ -51,6 +51,7 @@ from streamguard.errors import (
 )
 from streamguard.kafka.clients import ensure_topics, make_admin, make_consumer, partition_counts
 from streamguard.kafka.producer import ReliableProducer
+from streamguard.runtime.claimed_lane import run_claimed_lane, settle_chunk
 from streamguard.runtime.gaps import GapDetector
 from streamguard.runtime.partition import Flow, LaneJob, PartitionState
 from streamguard.runtime.solo_gate import SoloGate
@@ -437,8 +438,10 @@ class Worker:
             if self._gaps is not None:
                 self._gaps.reset(topic, partition)
             spec = st.spec
-            simple = self._store is None and not spec.breakers and spec.fallback is None and spec.retry_of is None
-            st.lane = simple and not spec.is_async and spec.ordering == "partition"
+            plain = not spec.breakers and spec.fallback is None and spec.retry_of is None
+            simple = plain and self._store is None
+            # with a store the lane claims and completes a chunk at a time (claimed_lane.py)
+            st.lane = plain and not spec.is_async and spec.ordering == "partition"
             st.fast = simple and spec.is_async and spec.max_message_bytes is None
             self._states[(topic, partition)] = st
             if committed is not None:
@@ -603,6 +606,9 @@ class Worker:
 
     def _run_lane(self, st: PartitionState, batch: list[Any], job: LaneJob) -> tuple[int, Any, BaseException | None]:
         """(pool thread) Handle ``batch`` in order; stop at the first message that needs the full path."""
+        if self._store is not None:
+            return run_claimed_lane(st, batch, job, self._store, self.worker_id, self._idempotency_key,
+                                    self.metrics.handler_duration.labels(topic=st.topic).observe)
         spec = st.spec
         fn, decoder, takes_ctx, limit = spec.fn, spec.decoder, spec.takes_ctx, spec.max_message_bytes
         topic, partition, worker_id = st.topic, st.partition, self.worker_id
@@ -643,14 +649,32 @@ class Worker:
             return
         timeout = st.spec.timeout
         assert timeout is not None
-        if job.current_started and time.monotonic() - job.current_started > timeout:
-            job.abandoned = True
-            done = job.done
+        with job.lock:
+            expired = bool(job.current_started) and time.monotonic() - job.current_started > timeout
+            if expired:
+                job.abandoned = True
+                done, index, ok_keys, claimed = job.done, job.index, job.ok_keys, job.claimed
+        if expired:
             exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
                                  "(sync handlers cannot be interrupted; its thread runs on)")
-            self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
+            if self._store is None:
+                self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
+            else:  # the chunk's successes before it are completed first, its unfinished claims undone
+                undo = [k for x, k in claimed if x >= index]
+                self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, ok_keys, undo, exc))
             return
         self._loop.call_later(min(timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
+
+    async def _settle_abandoned(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, index: int,
+                                ok_keys: list[str], undo: list[str], exc: BaseException) -> None:
+        store = self._store
+        assert store is not None
+        try:
+            await store.call_with(settle_chunk, store.store, store.owner, ok_keys, undo)
+        except Exception:  # the store is down: nothing of the chunk is resolved; the full path retries it
+            log.exception("could not settle the lane's chunk on %s[%d]", st.topic, st.partition)
+            index = job.done
+        self._lane_finish(st, key, batch, job, index, batch[index] if index < len(batch) else None, exc)
 
     def _lane_done(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, fut: Any) -> None:
         if job.abandoned:
@@ -660,6 +684,8 @@ class Worker:
         except BaseException as err:  # a bug in the lane itself: hand the head to the full path
             log.exception("lane failed on %s[%d]", st.topic, st.partition)
             done, failed, exc = job.done, batch[job.done] if job.done < len(batch) else None, err
+            if self._store is not None:  # e.g. the store is down: not the handler's failure; claims left are
+                exc = None               # suspects to the full path, which waits for the store
         self._lane_finish(st, key, batch, job, done, failed, exc)
 
     def _lane_finish(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, done: int, failed: Any,
@@ -675,6 +701,12 @@ class Worker:
             tracker.mark_done(m.offset())
         st.scheduler.finish_many(key, done, keep_running=failed is not None)
         st.flow.released += done
+        if job.dupes:
+            self.stats["duplicate_skipped"] += job.dupes
+            self._count("duplicate_skipped", st.topic)
+            self._outcome_children[(st.topic, "duplicate_skipped")].inc(job.dupes - 1)
+            done -= job.dupes
+            job.dupes = 0
         if done:
             self.stats["ok"] += done
             child = self._outcome_children.get((st.topic, "ok"))
@@ -803,11 +835,12 @@ class Worker:
             await self._keys_in_flight[key].wait()
         self._keys_in_flight[key] = asyncio.Event()
         try:
-            return await self._claim_and_run(st, m, model, ctx)
+            return await self._claim_and_run(st, m, model, ctx, prior)
         finally:
             self._keys_in_flight.pop(key).set()
 
-    async def _claim_and_run(self, st: PartitionState, m: Any, model: Any, ctx: Context) -> str | None:
+    async def _claim_and_run(self, st: PartitionState, m: Any, model: Any, ctx: Context,
+                             prior: BaseException | None = None) -> str | None:
         """Claim the idempotency key, enforce the crash-loop limit, run.
 
         A message already delivered before without resolving is a *suspect*: it takes the worker's solo
@@ -848,7 +881,7 @@ class Worker:
                                          f"(max_deliveries={spec.max_deliveries})")
                 return await self._divert(st, m, spec.quarantine, "quarantine", exc2, claim.deliveries - 1,
                                           ctx.idempotency_key, release=True, keep_count=True)
-            return await self._attempts(st, m, model, ctx, gate_held=suspect)
+            return await self._attempts(st, m, model, ctx, gate_held=suspect, prior=prior)
         finally:
             held = self._held.get(ctx.idempotency_key, 0) - 1
             if held > 0:
