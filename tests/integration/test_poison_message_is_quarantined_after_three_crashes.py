@@ -1,5 +1,7 @@
 """Failure handling: a message that kills its worker (os._exit) is quarantined after max_deliveries=3
-crashes, the handler is not invoked for it again, and every other message is processed."""
+crashes, the handler is not invoked for it again, and every other message is processed -- on the per-message
+path (key ordering) and in the claimed lane (ordering="partition": a crash leaves the rest of its chunk claimed,
+and those suspects must not be blamed for it)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 from tests.kafka_helpers import consume_n, produce_all
 
@@ -18,7 +22,8 @@ app = App(os.environ["T_GROUP"], os.environ["T_BOOTSTRAP"], idempotency=SqliteSt
           settings=Settings(commit_interval=0.2, lease_seconds=1.0))
 log = open(os.environ["T_OUT"], "a", buffering=1)
 
-@app.handler(os.environ["T_TOPIC"], concurrency=8, max_deliveries=3)
+@app.handler(os.environ["T_TOPIC"], ordering=os.environ["T_ORDERING"], concurrency=int(os.environ["T_CONC"]),
+             max_deliveries=3)
 def handle(value, ctx):
     log.write(value.decode() + "\\n")
     if value == b"crash":
@@ -26,7 +31,8 @@ def handle(value, ctx):
 """
 
 
-def test_crash_poison_is_quarantined(kafka, new_topic, tmp_path):
+@pytest.mark.parametrize("ordering", ["key", "partition"])
+def test_crash_poison_is_quarantined(kafka, new_topic, tmp_path, ordering):
     topic = new_topic(partitions=1)
     records = [(f"k{i}".encode(), f"m{i}".encode()) for i in range(40)]
     records.insert(10, (b"kx", b"crash"))
@@ -34,7 +40,8 @@ def test_crash_poison_is_quarantined(kafka, new_topic, tmp_path):
     (tmp_path / "crash_app.py").write_text(textwrap.dedent(APP))
     out = tmp_path / "calls.txt"
     env = {**os.environ, "T_GROUP": f"crash-{topic}", "T_BOOTSTRAP": kafka.bootstrap, "T_TOPIC": topic,
-           "T_OUT": str(out), "T_DB": str(tmp_path / "idem.db"), "PYTHONPATH": str(tmp_path)}
+           "T_OUT": str(out), "T_DB": str(tmp_path / "idem.db"), "PYTHONPATH": str(tmp_path),
+           "T_ORDERING": ordering, "T_CONC": "8" if ordering == "key" else "1"}
     crashes = 0
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:  # the supervisor's job, done by hand: restart until it stops crashing
