@@ -73,9 +73,9 @@ SEED = 20240601
 # default message counts (``--messages`` sets the no-op count, the others scale with it); the 5 ms counts
 # give timed windows of about a second or more at the measured rates
 NOOP_MESSAGES = 300_000
-KEY_MESSAGES = 10_000
-SERIAL_MESSAGES = 1_200
-RAW_SERIAL_MESSAGES = 400
+KEY_MESSAGES = 40_000
+SERIAL_MESSAGES = 3_000
+RAW_SERIAL_MESSAGES = 600
 
 log = logging.getLogger("benchmarks")
 
@@ -130,7 +130,7 @@ def make_systems(noop: int, key: int, serial: int, raw_serial: int, fs_noop: int
         per = math.ceil(n / PARTITIONS)
         systems.append(System(f"sg-5ms-key-{n}", "sg", key, sleep=SLEEP, ordering="key", concurrency=per, keys=n,
                               bound=n / SLEEP, note=f'async 5 ms, ordering="key", concurrency={per}/partition'))
-    systems.append(System("sg-5ms-key-100-zipf", "sg", key, topic="zipf", sleep=SLEEP, ordering="key",
+    systems.append(System("sg-5ms-key-100-zipf", "sg", key // 4, topic="zipf", sleep=SLEEP, ordering="key",
                           concurrency=math.ceil(100 / PARTITIONS), keys=100, bound=100 / SLEEP,
                           note=f"sg-5ms-key-100 on the Zipf(s={ZIPF_S}) topic"))
     # 1 KB values
@@ -295,7 +295,8 @@ def run_raw(system: System, bootstrap: str, topic: str, rnd: int) -> Result:
         "bootstrap.servers": bootstrap, "group.id": f"bench-{system.name}-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky", "fetch.wait.max.ms": 100,
-        "queued.max.messages.kbytes": 16384, "on_commit": on_commit, "log_level": 3,
+        "queued.max.messages.kbytes": 16384, "fetch.queue.backoff.ms": 20,  # streamguard's fetch settings
+        "on_commit": on_commit, "log_level": 3,
     })
     sleep = system.sleep
 

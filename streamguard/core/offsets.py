@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 from collections import deque
 from collections.abc import Iterable
+from itertools import pairwise
 
 METADATA_PREFIX = "sg1"
 DEFAULT_METADATA_BYTES = 4000
@@ -139,6 +140,43 @@ class OffsetTracker:
             return True
         self._pending.append(offset)
         return False
+
+    def track_many(self, offsets: list[int]) -> list[int]:
+        """:meth:`track` for a fetched run of one partition; returns the indexes to skip (already resolved,
+        or not above the last tracked offset: a re-fetch). The common case -- increasing offsets above
+        everything tracked, nothing preresolved -- is one ``extend``."""
+        if not offsets:
+            return []
+        last = self._last
+        if (self._preresolved or (last is not None and offsets[0] <= last)
+                or any(b <= a for a, b in pairwise(offsets))):
+            skipped = []
+            for i, offset in enumerate(offsets):
+                try:
+                    if self.track(offset):
+                        skipped.append(i)
+                except ValueError:
+                    skipped.append(i)
+            return skipped
+        if self._watermark is None:
+            self._watermark = offsets[0]
+        self._pending.extend(offsets)
+        self._last = offsets[-1]
+        return []
+
+    def mark_done_many(self, offsets: list[int]) -> None:
+        """:meth:`mark_done` for each of ``offsets`` (increasing); when they are exactly the oldest pending
+        ones -- a serial lane finishing its batch -- the head is dropped in one go."""
+        pending = self._pending
+        n = len(offsets)
+        if n and not self._done and len(pending) >= n and pending[0] == offsets[0] and pending[n - 1] == offsets[-1]:
+            # increasing offsets among increasing pending ones with the same ends and count: the same run
+            for _ in range(n):
+                pending.popleft()
+            self._watermark = pending[0] if pending else offsets[-1] + 1 if self._last is None else self._last + 1
+            return
+        for offset in offsets:
+            self.mark_done(offset)
 
     def mark_done(self, offset: int) -> None:
         """Record that ``offset`` is resolved; advance the watermark past any resolved head.

@@ -50,6 +50,18 @@ class KeyScheduler(Generic[T]):
             queue.append(item)
         self.buffered += 1
 
+    def submit_many(self, key: Hashable, items: list[T]) -> None:
+        """:meth:`submit` for several items of one key, in order."""
+        if not items:
+            return
+        queue = self._queues.get(key)
+        if queue is None:
+            self._queues[key] = deque(items)
+            self._ready.append(key)
+        else:
+            queue.extend(items)
+        self.buffered += len(items)
+
     def take(self) -> list[tuple[Hashable, T]]:
         """Items that may start now: at most one per key, never more than ``concurrency`` running."""
         started: list[tuple[Hashable, T]] = []

@@ -7,6 +7,10 @@ never message keys or ids, which would grow the series count without limit.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["BREAKER_STATE_VALUES", "COMMIT_RESULTS", "OUTCOMES", "Metrics"]
@@ -98,3 +102,21 @@ class Metrics:
                 gauge.remove(topic, str(partition))
             except KeyError:
                 pass  # never set for this partition
+
+
+def observe_many(child: Any, amounts: Sequence[float]) -> None:
+    """``child.observe(a)`` for every ``a``, with one counter increment per bucket touched instead of two
+    locked increments per value: the serial lanes observe a batch at once (prometheus-client keeps
+    per-bucket, non-cumulative counts in ``_buckets`` and the total in ``_sum``; a unit test checks the
+    exposition is the same as observing one by one)."""
+    if not amounts:
+        return
+    bounds = child._upper_bounds
+    counts: dict[int, int] = {}
+    for a in amounts:
+        i = bisect_left(bounds, a)
+        counts[i] = counts.get(i, 0) + 1
+    child._sum.inc(sum(amounts))
+    buckets = child._buckets
+    for i, n in counts.items():
+        buckets[i].inc(n)

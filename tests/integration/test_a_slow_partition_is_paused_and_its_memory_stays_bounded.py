@@ -78,6 +78,8 @@ def test_the_worker_wide_byte_cap_pauses_before_the_message_budgets_do(kafka, ne
     assert 1024 < per_message < 2048, per_message
     cap = cap_bytes / per_message  # ~140 records
     assert paused_seen.is_set(), "the byte cap never paused a partition"
-    # the cap plus the batch fetched before the check (poll_batch), with the estimate's warm-up as slack
-    assert peak[0] <= cap + 2 * 100, f"{peak[0]} records buffered, cap ~{cap:.0f}"
+    # the cap, plus a fetched batch (poll_batch) per partition that was still empty when the cap was reached,
+    # plus one batch this unsynchronised sampler may count twice while the poll thread moves it from
+    # ``holding`` to ``handed``; without the byte cap all 1,600 records are buffered at once
+    assert peak[0] <= cap + 3 * 100, f"{peak[0]} records buffered, cap ~{cap:.0f}"
     assert worker.stats["ok"] == 1600

@@ -242,3 +242,23 @@ def test_configure_logging_installs_one_handler_and_replaces_it() -> None:
             if handler not in before_handlers:
                 root.removeHandler(handler)
         root.setLevel(before_level)
+
+
+def test_observe_many_exposes_the_same_histogram_as_observing_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from streamguard.observability.metrics import observe_many
+
+    values = [0.0, 0.0004, 0.001, 0.0049, 0.005, 0.02, 0.3, 2.5, 7.0, 99.0, 1e9]
+    reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("d_seconds", "x", ["topic"], registry=reg_a).labels(topic="t")
+    b = Histogram("d_seconds", "x", ["topic"], registry=reg_b).labels(topic="t")
+    for v in values:
+        a.observe(v)
+    observe_many(b, values)
+    observe_many(b, [])
+
+    def exposed(reg: CollectorRegistry) -> list[str]:  # without the *_created timestamps, which differ
+        return [line for line in generate_latest(reg).decode().splitlines() if "_created" not in line]
+
+    assert exposed(reg_a) == exposed(reg_b)

@@ -106,3 +106,40 @@ def test_duplicate_and_unknown_completions_cannot_move_the_commit():
     assert t.committable() == 5
     t.mark_done(5)
     assert t.committable() == 7
+
+
+@given(offset_sets, st.sets(st.integers(0, 5000), max_size=20), st.randoms(use_true_random=False),
+       st.integers(1, 50))
+def test_batched_tracking_and_completion_match_one_by_one(offsets, preresolved, rnd, chunk):
+    """track_many / mark_done_many (the serial lanes' batch calls) leave the tracker exactly where the
+    per-offset calls do, whatever the chunking, preresolved offsets, re-fetches or completion runs."""
+    ordered = sorted(offsets)
+    start = ordered[0] if ordered else 0
+    one, many = OffsetTracker(start, preresolved), OffsetTracker(start, preresolved)
+    skipped_one: list[int] = []
+    for o in ordered:
+        try:
+            if one.track(o):
+                skipped_one.append(o)
+        except ValueError:
+            skipped_one.append(o)
+    skipped_many: list[int] = []
+    for i in range(0, len(ordered), chunk):
+        run = ordered[i:i + chunk]
+        if rnd.random() < 0.2 and i:  # a re-fetch overlapping what was tracked already
+            run = ordered[max(0, i - 3):i + chunk]
+        skipped_many += [run[j] for j in many.track_many(run) if run[j] >= ordered[i]]
+    assert skipped_many == skipped_one
+    live = [o for o in ordered if o not in set(skipped_one)]
+    pos = 0
+    while pos < len(live):  # complete in runs: in order from the head (the lane) or shuffled
+        n = rnd.randint(1, 20)
+        run = live[pos:pos + n]
+        pos += n
+        if rnd.random() < 0.3:
+            rnd.shuffle(run)
+        for o in run:
+            one.mark_done(o)
+        many.mark_done_many(run)
+        assert many.committable() == one.committable()
+        assert many.in_flight == one.in_flight
