@@ -976,7 +976,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 run per system, a third of the messages, and a "
                    "smaller backlog for the memory run")
-    p.add_argument("--runs", type=int, default=None, help="runs per system (default 3, --quick 1)")
+    p.add_argument("--runs", type=int, default=None, help="runs per system (default 5, --quick 1)")
     p.add_argument("--messages", type=int, default=None,
                    help=f"messages of the no-op systems (default {NOOP_MESSAGES:,}); the 5 ms systems scale with it")
     p.add_argument("--backlog", type=int, default=None, help=f"records of the memory run (default {RSS_BACKLOG:,})")
@@ -990,7 +990,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    runs = args.runs if args.runs is not None else (1 if args.quick else 5)
     noop = args.messages if args.messages is not None else (NOOP_MESSAGES // 3 if args.quick else NOOP_MESSAGES)
     scale = noop / NOOP_MESSAGES
     systems = make_systems(noop, max(60, round(KEY_MESSAGES * scale)), max(30, round(SERIAL_MESSAGES * scale)),
