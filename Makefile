@@ -21,7 +21,9 @@ demo: kafka-jars
 	$(PY) -m examples.demo
 
 test: kafka-jars
-	eval "$$(tests/support/postgres.sh)" && $(VENV)/bin/pytest $(PYTEST_ARGS)
+	@# the PostgreSQL server is stopped again if this run started it (every test process stops by itself)
+	eval "$$(tests/support/postgres.sh)" && { $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ -n "$${STREAMGUARD_PG_STARTED:-}" ]; then tests/support/postgres.sh stop; fi; exit $$rc; }
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check streamguard tests examples benchmarks
