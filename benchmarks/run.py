@@ -539,27 +539,23 @@ def _profile_threads(worker: Any, profile: dict[str, Any]) -> None:
     prof = profile["loop thread"]
     worker._loop_thread = threading.Thread(target=lambda: prof.runcall(loop.run_forever), name="streamguard-loop",
                                            daemon=True)
-    # sync handlers run on the worker's thread pool: give each of its threads a profiler of its own, merged
-    # into "handler threads" when the report is printed (the threads have ended by then)
-    pool_profiles: list[cProfile.Profile] = profile.setdefault("handler threads", [])
+    # sync handlers and store calls run on the worker's thread pools: give each of their threads a profiler of
+    # its own, merged per pool when the report is printed (the threads have ended by then)
+    worker._pool.shutdown(wait=False)
+    worker._pool = _profiled_pool(profile, "handler threads", worker.settings.sync_threads, "streamguard-handler")
+    worker._store_pool.shutdown(wait=False)
+    worker._store_pool = _profiled_pool(profile, "store threads", 4, "streamguard-store")
+
+
+def _profiled_pool(profile: dict[str, Any], label: str, threads: int, name: str) -> Any:
+    profiles: list[cProfile.Profile] = profile.setdefault(label, [])
 
     def start_thread_profile() -> None:
         prof = cProfile.Profile()
-        pool_profiles.append(prof)
+        profiles.append(prof)
         prof.enable()
 
-    worker._pool.shutdown(wait=False)
-    worker._pool = concurrent.futures.ThreadPoolExecutor(worker.settings.sync_threads, "streamguard-handler",
-                                                         initializer=start_thread_profile)
-    store_profiles: list[cProfile.Profile] = profile.setdefault("store threads", [])
-
-    def start_store_profile() -> None:
-        prof = cProfile.Profile()
-        store_profiles.append(prof)
-        prof.enable()
-
-    worker._store_pool.shutdown(wait=False)
-    worker._store_pool = concurrent.futures.ThreadPoolExecutor(4, "streamguard-store", initializer=start_store_profile)
+    return concurrent.futures.ThreadPoolExecutor(threads, name, initializer=start_thread_profile)
 
 
 # --------------------------------------------------------------------------------------------- isolation

@@ -75,7 +75,7 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
             chunk.append((m, model, ctx))
         if not chunk:
             return i, handover, None
-        outcomes = store._claim_unless_suspect([ctx.idempotency_key for _, _, ctx in chunk])
+        outcomes = store.claim_unless_suspect_many([ctx.idempotency_key for _, _, ctx in chunk])
         pairs = list(zip(chunk, outcomes, strict=True))
         job.claimed = [(i + j, ctx.idempotency_key) for j, ((_, _, ctx), o) in enumerate(pairs)
                        if o is not None and o.status is ClaimStatus.ACQUIRED]
@@ -119,7 +119,7 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
         with job.lock:
             if job.abandoned:
                 return job.done, ABANDONED, None
-            settle_chunk(idempotency, store.owner, job.ok_keys, [k for x, k in job.claimed if x >= i + ran])
+            settle_chunk(store, job.ok_keys, [k for x, k in job.claimed if x >= i + ran])
             job.ok_keys, job.claimed = [], []
             i += ran
             job.done = i
@@ -132,10 +132,9 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
     return i, None, None
 
 
-def settle_chunk(idempotency: Any, owner: str, completed: list[str], undo: list[str]) -> None:
+def settle_chunk(store: StoreBatcher, completed: list[str], undo: list[str]) -> None:
     """Write the completions of the chunk's successes; undo the claims of what it did not finish."""
     if completed:
-        idempotency.complete_many(completed, owner)
+        store.store.complete_many(completed, store.owner)
     for key in undo:
-        idempotency.release(key, owner)
-        idempotency.reset_deliveries(key)
+        store.release_now(key, keep_count=False)

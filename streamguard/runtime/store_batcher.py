@@ -49,7 +49,7 @@ class StoreBatcher:
         self._executor = executor
         self._claims = _Coalescer(lambda keys: store.claim_many(keys, owner, lease_seconds), executor)
         self._completes = _Coalescer(lambda keys: store.complete_many(keys, owner), executor)
-        self._checked = _Coalescer(self._claim_unless_suspect, executor)
+        self._checked = _Coalescer(self.claim_unless_suspect_many, executor)
 
     async def claim(self, key: str) -> ClaimOutcome:
         outcome: ClaimOutcome = await self._claims.submit(key)
@@ -64,8 +64,8 @@ class StoreBatcher:
         outcome: ClaimOutcome | None = await self._checked.submit(key)
         return outcome
 
-    def _claim_unless_suspect(self, keys: Sequence[str]) -> list[ClaimOutcome | None]:
-        """Done keys come back DONE (nothing to run, no gate needed); keys never delivered are claimed;
+    def claim_unless_suspect_many(self, keys: Sequence[str]) -> list[ClaimOutcome | None]:
+        """(blocking) Done keys come back DONE (nothing to run, no gate needed); keys never delivered are claimed;
         keys delivered before without resolving are suspects (None). A store may do it in one transaction
         (``claim_unless_suspect_many``); otherwise a peek and a claim of the fresh keys."""
         fused = getattr(self.store, "claim_unless_suspect_many", None)
@@ -86,8 +86,13 @@ class StoreBatcher:
 
     async def call(self, method: str, *args: Any) -> Any:
         """Run any other store method off the loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, getattr(self.store, method), *args)
+        return await self.call_with(getattr(self.store, method), *args)
+
+    def release_now(self, key: str, keep_count: bool) -> None:
+        """(blocking) Release our claim of ``key``; unless ``keep_count``, zero its delivery counter first."""
+        if not keep_count:
+            self.store.reset_deliveries(key)
+        self.store.release(key, self.owner)
 
 
 def _settle(result: asyncio.Future[Any], batch: list[tuple[str, asyncio.Future[Any]]]) -> None:

@@ -692,7 +692,7 @@ class Worker:
         store = self._store
         assert store is not None
         try:
-            await store.call_with(settle_chunk, store.store, store.owner, ok_keys, undo)
+            await store.call_with(settle_chunk, store, ok_keys, undo)
         except Exception:  # the store is down: nothing of the chunk is resolved; the full path retries it
             log.exception("could not settle the lane's chunk on %s[%d]", st.topic, st.partition)
             index = job.done
@@ -724,18 +724,12 @@ class Worker:
         st.flow.released += done
         if job.dupes:
             self.stats["duplicate_skipped"] += job.dupes
-            self._count("duplicate_skipped", st.topic)
-            self._outcome_children[(st.topic, "duplicate_skipped")].inc(job.dupes - 1)
+            self._count("duplicate_skipped", st.topic, job.dupes)
             done -= job.dupes
             job.dupes = 0
         if done:
             self.stats["ok"] += done
-            child = self._outcome_children.get((st.topic, "ok"))
-            if child is None:
-                self._count("ok", st.topic)
-                child = self._outcome_children[(st.topic, "ok")]
-                done -= 1
-            child.inc(done)
+            self._count("ok", st.topic, done)
         if failed is not None:
             if st.draining:  # do not start anything new while revoking; the head is simply not resolved
                 st.scheduler.finish_many(key, 0)
@@ -1090,15 +1084,8 @@ class Worker:
         """
         store = self._store
         assert store is not None
-        owner = self.worker_id
-
-        def release() -> None:
-            if not keep_count:
-                store.store.reset_deliveries(key)
-            store.store.release(key, owner)
-
         try:
-            await asyncio.get_running_loop().run_in_executor(self._store_pool, release)
+            await store.call_with(store.release_now, key, keep_count)
         except Exception as exc:
             log.warning("could not release claim %s: %s", key, exc)
 
@@ -1181,14 +1168,14 @@ class Worker:
         return "quarantined" if reason == "quarantine" else "dead_lettered"
 
     # ------------------------------------------------------------------ metrics hooks
-    def _count(self, outcome: str, topic: str) -> None:
+    def _count(self, outcome: str, topic: str, n: int = 1) -> None:
         child = self._outcome_children.get((topic, outcome))
         if child is None:
             if outcome in ("preresolved_skipped", "fenced"):
                 return
             child = self._outcome_children[(topic, outcome)] = self.metrics.messages.labels(topic=topic,
                                                                                              outcome=outcome)
-        child.inc()
+        child.inc(n)
 
     def _observe_duration(self, topic: str, seconds: float) -> None:
         child = self._duration_children.get(topic)

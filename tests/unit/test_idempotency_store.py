@@ -412,7 +412,7 @@ def test_claim_unless_suspect_sorts_fresh_done_and_suspect_keys(store: Idempoten
 
     with ThreadPoolExecutor(1) as pool:
         batcher = StoreBatcher(store, pool, "w1", LEASE)
-        out = batcher._claim_unless_suspect(["new1", "done", "suspect", "expired", "reset", "new2", "new1"])
+        out = batcher.claim_unless_suspect_many(["new1", "done", "suspect", "expired", "reset", "new2", "new1"])
     assert out == [ClaimOutcome(ACQUIRED, 1), ClaimOutcome(DONE, 1), None, None, ClaimOutcome(ACQUIRED, 1),
                    ClaimOutcome(ACQUIRED, 1), ClaimOutcome(ACQUIRED, 1)]
     assert [store.deliveries(k) for k in ("new1", "suspect", "expired", "reset", "new2")] == [1, 2, 1, 1, 1]
