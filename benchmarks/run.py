@@ -417,7 +417,7 @@ def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: 
 
     store = SqliteStore(workdir / f"idem-{uuid.uuid4().hex[:8]}.db") if system.sqlite else None
     name = f"bench-{system.name}-{uuid.uuid4().hex[:8]}"
-    settings = Settings(poll_batch=int(os.environ.get("SG_POLL_BATCH", "500")))  # TEMP
+    settings = Settings()
     app = App(name, bootstrap, idempotency=store, settings=settings)
     opts: dict[str, Any] = {"ordering": system.ordering, "concurrency": system.concurrency}
     if not system.sleep:

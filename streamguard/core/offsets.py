@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 from collections import deque
 from collections.abc import Iterable
-from itertools import pairwise
+from itertools import islice
+from operator import lt
 
 METADATA_PREFIX = "sg1"
 DEFAULT_METADATA_BYTES = 4000
@@ -149,7 +150,7 @@ class OffsetTracker:
             return []
         last = self._last
         if (self._preresolved or (last is not None and offsets[0] <= last)
-                or any(b <= a for a, b in pairwise(offsets))):
+                or not all(map(lt, offsets, islice(offsets, 1, None)))):
             skipped = []
             for i, offset in enumerate(offsets):
                 try:
@@ -165,18 +166,29 @@ class OffsetTracker:
         return []
 
     def mark_done_many(self, offsets: list[int]) -> None:
-        """:meth:`mark_done` for each of ``offsets`` (increasing); when they are exactly the oldest pending
-        ones -- a serial lane finishing its batch -- the head is dropped in one go."""
+        """:meth:`mark_done` for each of ``offsets``; when they are exactly the oldest pending ones (a serial
+        lane finishing its batch) the head is dropped in one go."""
+        if not (offsets and self.mark_done_head(len(offsets), offsets[0], offsets[-1])):
+            for offset in offsets:
+                self.mark_done(offset)
+
+    def mark_done_head(self, n: int, first: int, last: int) -> bool:
+        """Resolve the ``n`` oldest pending offsets, given that they run from ``first`` to ``last``; returns
+        False (and changes nothing) unless that is exactly the head with nothing resolved out of order.
+
+        Pending offsets increase, so ``pending[0] == first`` and ``pending[n - 1] == last`` identify the run
+        without listing it: the serial lane resolves its batch in O(1) Python work.
+        """
         pending = self._pending
-        n = len(offsets)
-        if n and not self._done and len(pending) >= n and pending[0] == offsets[0] and pending[n - 1] == offsets[-1]:
-            # increasing offsets among increasing pending ones with the same ends and count: the same run
+        if self._done or n < 1 or len(pending) < n or pending[0] != first or pending[n - 1] != last:
+            return False
+        if n == len(pending):
+            pending.clear()
+        else:
             for _ in range(n):
                 pending.popleft()
-            self._watermark = pending[0] if pending else offsets[-1] + 1 if self._last is None else self._last + 1
-            return
-        for offset in offsets:
-            self.mark_done(offset)
+        self._watermark = pending[0] if pending else last + 1 if self._last is None else self._last + 1
+        return True
 
     def mark_done(self, offset: int) -> None:
         """Record that ``offset`` is resolved; advance the watermark past any resolved head.

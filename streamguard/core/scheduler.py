@@ -93,8 +93,11 @@ class KeyScheduler(Generic[T]):
     def finish_many(self, key: Hashable, n: int, *, keep_running: bool = False) -> None:
         """``n`` items at the head of ``key`` are resolved; with ``keep_running`` the next head stays running."""
         queue = self._queues[key]
-        for _ in range(n):
-            queue.popleft()
+        if n == len(queue):
+            queue.clear()
+        else:
+            for _ in range(n):
+                queue.popleft()
         self.buffered -= n
         if keep_running:
             return

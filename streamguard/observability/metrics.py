@@ -7,7 +7,7 @@ never message keys or ids, which would grow the series count without limit.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,12 +111,12 @@ def observe_many(child: Any, amounts: Sequence[float]) -> None:
     exposition is the same as observing one by one)."""
     if not amounts:
         return
-    bounds = child._upper_bounds
-    counts: dict[int, int] = {}
-    for a in amounts:
-        i = bisect_left(bounds, a)
-        counts[i] = counts.get(i, 0) + 1
-    child._sum.inc(sum(amounts))
+    ordered = sorted(amounts)  # then one bisect per bucket bound, not one per value
     buckets = child._buckets
-    for i, n in counts.items():
-        buckets[i].inc(n)
+    below = 0
+    for i, bound in enumerate(child._upper_bounds):
+        upto = bisect_right(ordered, bound)
+        if upto > below:
+            buckets[i].inc(upto - below)
+            below = upto
+    child._sum.inc(sum(amounts))

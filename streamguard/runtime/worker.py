@@ -98,6 +98,8 @@ class Worker:
                 breaker.add_listener(self.metrics.breaker_changed)
         self._states: dict[tuple[str, int], PartitionState] = {}
         self._flows: dict[tuple[str, int], Flow] = {}
+        self._inbox: collections.deque[list[tuple[tuple[str, int], list[Any]]]] = collections.deque()
+        self._inbox_armed = False  # a _drain_inbox is scheduled on the loop
         self._message_bytes = 0.0  # running estimate of one buffered message's memory (0: nothing seen yet)
         self._outcome_children: dict[tuple[str, str], Any] = {}
         self._deadlines: dict[asyncio.Task[Any], float] = {}
@@ -350,7 +352,10 @@ class Worker:
                 resume.append(TopicPartition(topic, partition))
             busy = busy or f.paused or bool(holding)
         if out:
-            self._loop.call_soon_threadsafe(self._dispatch, out)
+            self._inbox.append(out)
+            if not self._inbox_armed:  # one wake-up of the loop for whatever piles up before it runs
+                self._inbox_armed = True
+                self._loop.call_soon_threadsafe(self._drain_inbox)
         try:
             if pause:
                 consumer.pause(pause)
@@ -532,6 +537,14 @@ class Worker:
             st.drained.set()
 
     # ------------------------------------------------------------------ dispatch (loop thread)
+    def _drain_inbox(self) -> None:
+        """Dispatch every hand-over of the poll thread, in order. Disarmed *before* draining: a hand-over
+        appended meanwhile is either drained here or arms a new wake-up, never left behind."""
+        self._inbox_armed = False
+        inbox = self._inbox
+        while inbox:
+            self._dispatch(inbox.popleft())
+
     def _dispatch(self, groups: list[tuple[tuple[str, int], list[Any]]]) -> None:
         """Track and schedule what the poll thread handed over: runs of one partition each, in offset order."""
         states = self._states
@@ -637,6 +650,7 @@ class Worker:
         topic, partition, worker_id = st.topic, st.partition, self.worker_id
         clock = time.monotonic
         done = 0
+        t0 = job.current_started = clock()  # one clock read per message: each end is the next start
         for m in batch:
             if job.stop or job.abandoned:
                 break
@@ -647,7 +661,6 @@ class Worker:
                 model = decoder(value)
             except DecodeError:
                 return done, m, None
-            t0 = job.current_started = clock()
             try:
                 if takes_ctx:
                     offset = m.offset()
@@ -660,7 +673,9 @@ class Worker:
             except BaseException as exc:
                 observe(clock() - t0)
                 return done, m, exc
-            observe(clock() - t0)
+            t1 = job.current_started = clock()
+            observe(t1 - t0)
+            t0 = t1
             done += 1
             job.done = done
         return done, None, None
@@ -719,7 +734,8 @@ class Worker:
         tracker = st.tracker
         if done:
             st.progress_at = time.monotonic()
-        tracker.mark_done_many([m.offset() for m in batch[:done]])
+        if done and not tracker.mark_done_head(done, batch[0].offset(), batch[done - 1].offset()):
+            tracker.mark_done_many([m.offset() for m in batch[:done]])
         st.scheduler.finish_many(key, done, keep_running=failed is not None)
         st.flow.released += done
         if job.dupes:
