@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +51,15 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "claimed", "current_started", "done", "dupes", "index", "lock", "ok_keys", "stop")
+    __slots__ = ("abandoned", "claimed", "current_started", "done", "dupes", "extended", "index", "lock", "more",
+                 "ok_keys", "started", "stop")
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
+        # runs of the partition dispatched while the job runs, appended to its batch by the lane itself;
+        # None once the job no longer takes any (the plain lane only)
+        self.more: list[list[Any]] | None = None
+        self.extended = 0  # times it did (worker.stats["lane_extended"])
         self.done = 0  # messages of the batch resolved (with a store: their completions written)
         self.current_started = 0.0
         self.stop = False
