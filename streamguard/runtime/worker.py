@@ -792,47 +792,67 @@ class Worker:
         else:
             self._start_ready(st)
 
-    def _resolve(self, st: PartitionState, key: Any, offset: int) -> None:
+    def _resolve(self, st: PartitionState, key: Any, offset: int, *, take_one: bool = False) -> tuple[Any, Any] | None:
+        """Mark ``offset`` resolved and start what became ready; with ``take_one`` the first of those is
+        returned for the calling task to run itself (one task per slot, not one per message)."""
         if st.revoked:
             self.stats["fenced"] += 1
-            return
+            return None
         st.tracker.mark_done(offset)
         st.scheduler.finish(key)
         st.flow.released += 1
         st.progress_at = time.monotonic()
         if not st.draining:
-            self._start_ready(st)
+            if not take_one:
+                self._start_ready(st)
+                return None
+            started = st.scheduler.take()
+            if started:
+                create = self._loop.create_task
+                for k, m in started[1:]:
+                    create(self._process_fast(st, k, m))
+                return started[0]
         elif st.drained is not None and st.scheduler.running == 0:
             st.drained.set()
+        return None
 
     # ------------------------------------------------------------------ one message (loop thread)
     async def _process_fast(self, st: PartitionState, key: Any, m: Any) -> None:
         """The common case in one coroutine: an async handler with no store, breaker or retry topic that
         succeeds. Anything else (undecodable bytes, a failure) continues down the full path in ``_process``,
-        the failure counted as the first attempt."""
+        the failure counted as the first attempt.
+
+        After a success the task goes on with the next ready message of its partition: creating a task per
+        message was the largest fixed cost of the async path (the 5 ms handler at 100 keys reached 70-74% of
+        its bound). A handler's context variables therefore carry over to the next message of its slot,
+        as in any consumer loop; set them with a reset (``with``/``token``) if that matters."""
         spec = st.spec
-        try:
-            model = spec.decoder(m.value())
-        except DecodeError:
-            await self._process(st, key, m)
-            return
-        ctx: Any = None
-        if spec.takes_ctx:
-            offset = m.offset()
-            ctx = Context(st.topic, st.partition, offset, m.key(), m.headers(), m.timestamp()[1], 1,
-                          f"{st.topic}/{st.partition}/{offset}", self.worker_id, None)
-            ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
-        started = time.monotonic()
-        try:
-            await self._invoke(spec, spec.fn, model, ctx)
-        except Exception as exc:
+        while True:
+            try:
+                model = spec.decoder(m.value())
+            except DecodeError:
+                await self._process(st, key, m)
+                return
+            ctx: Any = None
+            if spec.takes_ctx:
+                offset = m.offset()
+                ctx = Context(st.topic, st.partition, offset, m.key(), m.headers(), m.timestamp()[1], 1,
+                              f"{st.topic}/{st.partition}/{offset}", self.worker_id, None)
+                ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+            started = time.monotonic()
+            try:
+                await self._invoke(spec, spec.fn, model, ctx)
+            except Exception as exc:
+                self._observe_duration(st.topic, time.monotonic() - started)
+                await self._process(st, key, m, exc)
+                return
             self._observe_duration(st.topic, time.monotonic() - started)
-            await self._process(st, key, m, exc)
-            return
-        self._observe_duration(st.topic, time.monotonic() - started)
-        self.stats["ok"] += 1
-        self._count("ok", st.topic)
-        self._resolve(st, key, m.offset())
+            self.stats["ok"] += 1
+            self._count("ok", st.topic)
+            following = self._resolve(st, key, m.offset(), take_one=True)
+            if following is None:
+                return
+            key, m = following
 
     async def _process(self, st: PartitionState, key: Any, m: Any, prior: BaseException | None = None) -> None:
         try:
