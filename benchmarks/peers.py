@@ -108,6 +108,9 @@ def run_aiokafka(name: str, bootstrap: str, topic: str, n: int, sleep: float, co
                 async with sem:
                     await asyncio.sleep(sleep)
 
+        def noop(value: bytes | None) -> None:
+            pass
+
         pending: dict[TopicPartition, int] = {}
         next_commit = time.monotonic() + 1.0
         deadline = time.monotonic() + timeout
@@ -123,6 +126,10 @@ def run_aiokafka(name: str, bootstrap: str, topic: str, n: int, sleep: float, co
                         for r in records:
                             by_key[r.key].append(r)
                     await asyncio.gather(*(chain(rs) for rs in by_key.values()))
+                else:  # the no-op handler is called for every record, as in the raw loop and the other systems
+                    for records in batches.values():
+                        for r in records:
+                            noop(r.value)
                 for tp, records in batches.items():
                     pending[tp] = records[-1].offset + 1
                     if clock.processed(len(records)):

@@ -56,6 +56,7 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from benchmarks import peers
+from streamguard import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -69,6 +70,7 @@ SLEEP = 0.005  # the 5 ms handler
 RUN_TIMEOUT = 150.0  # a run that has not finished by then is stopped and reported as failed
 STALL_TIMEOUT = 20.0  # ... and so is a streamguard run that resolves nothing for this long
 SEED = 20240601
+RAW_BATCH = 500  # records per consume() in the raw baseline (the worker's poll_batch is larger: row raw-batch-2000)
 
 # default message counts (``--messages`` sets the no-op count, the others scale with it); the 5 ms counts
 # give timed windows of about a second or more at the measured rates
@@ -108,12 +110,15 @@ class System:
     note: str = ""
     guarantee: str = "at-least-once"  # as run; with what the system cannot offer at this configuration
     librdkafka_defaults: bool = False  # raw only: librdkafka's fetch defaults instead of streamguard's
+    batch: int = RAW_BATCH  # raw only: records per consume()
 
 
 def make_systems(noop: int, key: int, serial: int, raw_serial: int, fs_noop: int, fs_key: int) -> list[System]:
     systems = [
-        System("raw", "raw", noop, note="confluent_kafka.Consumer, consume(500, 0.1), store_offsets per message, "
-               "streamguard's fetch settings (the baseline)"),
+        System("raw", "raw", noop, note=f"confluent_kafka.Consumer, consume({RAW_BATCH}, 0.1), store_offsets per "
+               "message, streamguard's fetch settings (the baseline)"),
+        System("raw-batch-2000", "raw", noop, batch=Settings().poll_batch,
+               note=f"the same loop with consume({Settings().poll_batch}, 0.1), the worker's poll_batch"),
         System("raw-librdkafka-defaults", "raw", noop, librdkafka_defaults=True,
                note="the same loop with librdkafka's fetch defaults (64 MB prefetch queue), for reference"),
         System("raw-5ms-serial", "raw", raw_serial, sleep=SLEEP, bound=1 / SLEEP,
@@ -148,8 +153,8 @@ def make_systems(noop: int, key: int, serial: int, raw_serial: int, fs_noop: int
     # the peers (benchmarks/peers.py), same topics, same handlers, at-least-once
     systems += [
         System("aiokafka-noop", "aiokafka", noop,
-               note="AIOKafkaConsumer.getmany(max_records=500), enable_auto_commit=False, commit(offsets) of the "
-               "processed records at most once a second"),
+               note="AIOKafkaConsumer.getmany(max_records=500), the no-op called per record, enable_auto_commit=False, "
+               "commit(offsets) of the processed records at most once a second"),
         System("aiokafka-5ms-key-100", "aiokafka", key, sleep=SLEEP, concurrency=100, keys=100, bound=100 / SLEEP,
                note="getmany batch -> per-key chains of asyncio.sleep(0.005), 100 at once (Semaphore), "
                "gather, then commit"),
@@ -319,7 +324,7 @@ def run_raw(system: System, bootstrap: str, topic: str, rnd: int) -> Result:
     try:
         next_commit = time.monotonic() + 1.0
         while count < n and time.monotonic() < deadline:
-            for m in c.consume(500, 0.1):
+            for m in c.consume(system.batch, 0.1):
                 if m.error() is not None:
                     if m.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("raw consumer: %s", m.error())
@@ -417,8 +422,7 @@ def build_sg(system: System, bootstrap: str, topic: str, probe: Probe, workdir: 
 
     store = SqliteStore(workdir / f"idem-{uuid.uuid4().hex[:8]}.db") if system.sqlite else None
     name = f"bench-{system.name}-{uuid.uuid4().hex[:8]}"
-    settings = Settings()
-    app = App(name, bootstrap, idempotency=store, settings=settings)
+    app = App(name, bootstrap, idempotency=store, settings=Settings())
     opts: dict[str, Any] = {"ordering": system.ordering, "concurrency": system.concurrency}
     if not system.sleep:
         opts.update(max_deliveries=None, timeout=None)
@@ -874,8 +878,9 @@ def write_doc(path: Path, command: str, info: dict[str, Any], config: dict[str, 
         "a full 16 MB queue postpones the next fetch by up to a second, and both the raw loop and streamguard "
         "were capped at ~131k msg/s here (an earlier version of this table compared the two in that state). "
         "`raw-librdkafka-defaults` shows the loop with librdkafka's own defaults (64 MB prefetch).",
-        "- Streamguard runs with the default `Settings()` (commit_interval=1.0, max_inflight_total=60,000, "
-        "max_inflight_bytes=64 MiB; per partition max_buffered = max(8 x concurrency, 10,000)). "
+        "- Streamguard runs with the default `Settings()` (commit_interval=1.0, poll_batch=2,000, "
+        "max_inflight_total=60,000, max_inflight_bytes=64 MiB; "
+        "per partition max_buffered = max(8 x concurrency, 10,000)). "
         "The no-op handlers use `max_deliveries=None, timeout=None`, the 5 ms handlers the defaults "
         "(`timeout=30`). The end of a streamguard run is the moment "
         "`worker.stats[\"ok\"]` reaches the count; the worker is then stopped.",

@@ -63,7 +63,7 @@ class Settings:
     """Worker settings (defaults chosen for safety; every one can be overridden)."""
 
     commit_interval: float = 1.0
-    poll_batch: int = 500
+    poll_batch: int = 2000
     poll_timeout: float = 0.1
     revoke_timeout: float = 10.0
     shutdown_timeout: float = 30.0

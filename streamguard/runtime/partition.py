@@ -51,8 +51,8 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "claimed", "current_started", "done", "dupes", "extended", "index", "lock", "more",
-                 "ok_keys", "started", "stop")
+    __slots__ = ("abandoned", "claimed", "current_started", "done", "dupes", "extend_max", "extended", "index",
+                 "lock", "more", "ok_keys", "started", "stop")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -60,6 +60,7 @@ class LaneJob:
         # None once the job no longer takes any (the plain lane only)
         self.more: list[list[Any]] | None = None
         self.extended = 0  # times it did (worker.stats["lane_extended"])
+        self.extend_max = 0  # batch size past which it stops taking more
         self.done = 0  # messages of the batch resolved (with a store: their completions written)
         self.current_started = 0.0
         self.stop = False

@@ -362,6 +362,7 @@ class Worker:
         try:
             if pause:
                 consumer.pause(pause)
+                self.stats["partition_pauses"] += len(pause)  # poll thread; a diagnostic count
             if resume:
                 consumer.resume(resume)
         except KafkaException as exc:
@@ -636,6 +637,7 @@ class Worker:
         batch = st.scheduler.run_of(key, self.LANE_BATCH)
         job = st.lane_job = LaneJob()
         if self._store is None and len(batch) == st.scheduler.buffered:
+            job.extend_max = min(self.LANE_EXTEND_MAX, st.flow.limit // 2)  # released only when the job ends
             job.more = []  # the batch is the whole queue: what arrives next may extend it (_lane_extend)
         fut = self._loop.run_in_executor(self._pool, self._run_lane, st, batch, job)
         fut.add_done_callback(lambda f: self._lane_done(st, key, batch, job, f))
@@ -702,7 +704,7 @@ class Worker:
         or the lane has run long enough: what arrives later waits in the scheduler for the next job."""
         with job.lock:
             more = job.more
-            if (more and len(batch) < self.LANE_EXTEND_MAX
+            if (more and len(batch) < job.extend_max
                     and time.monotonic() - job.started < self.LANE_EXTEND_SECONDS):
                 for msgs in more:
                     batch.extend(msgs)
