@@ -8,7 +8,7 @@ that the parent can read this process's ``VmHWM`` from ``/proc/<pid>/status`` be
 
 - ``sg``: a streamguard worker with default ``Settings()`` and an async handler awaiting ``asyncio.sleep(
   HANDLER_SLEEP)`` at the default concurrency (64 per partition, key ordering).
-- ``raw``: the raw confluent-kafka loop of the throughput benchmark (``consume(500, 0.1)``, ``store_offsets``,
+- ``raw``: the raw confluent-kafka loop of the throughput benchmark (``consume(2000, 0.1)``, ``store_offsets``,
   a commit a second, ``queued.max.messages.kbytes=16384``) calling ``time.sleep(HANDLER_SLEEP)`` per message.
 """
 
@@ -89,7 +89,7 @@ def run_raw(bootstrap: str, topic: str, seconds: float, sleep: float) -> dict[st
                 break
             if t0 is None and time.monotonic() > deadline:
                 return {"error": "no message within 60 s"}
-            for m in c.consume(500, 0.1):
+            for m in c.consume(2000, 0.1):  # the worker's default poll_batch, as in run.py
                 if m.error() is not None:
                     continue
                 if t0 is None:
