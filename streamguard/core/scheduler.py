@@ -72,6 +72,19 @@ class KeyScheduler(Generic[T]):
             self.running += 1
         return started
 
+    def take_one(self) -> tuple[Hashable, T] | None:
+        """The first of :meth:`take`, or None: for a task that goes on with the next message itself."""
+        if self._ready and self.running < self.concurrency:
+            key = self._ready.popleft()
+            self.running += 1
+            return key, self._queues[key][0]
+        return None
+
+    @property
+    def startable(self) -> bool:
+        """True when :meth:`take` would return something."""
+        return bool(self._ready) and self.running < self.concurrency
+
     def finish(self, key: Hashable) -> None:
         """The running item of ``key`` is resolved: release its slot and make the key's next item ready."""
         queue = self._queues[key]

@@ -433,12 +433,7 @@ class Worker(SerialLane, MessagePath, FailureWrites, Rebalances):
                 st.flow.released += len(msgs)
                 continue
             if st.lane and self._gaps is None:  # one key, in order: track and queue the run as a whole
-                skipped = st.tracker.track_many([m.offset() for m in msgs])
-                if skipped:
-                    drop = set(skipped)
-                    msgs = [m for i, m in enumerate(msgs) if i not in drop]
-                    st.flow.released += len(skipped)
-                    self.stats["preresolved_skipped"] += len(skipped)
+                msgs = self._track_run(st, msgs)
                 st.scheduler.submit_many(None, msgs)
                 job = st.lane_job
                 if job is not None and job.more is not None and msgs:
@@ -449,8 +444,23 @@ class Worker(SerialLane, MessagePath, FailureWrites, Rebalances):
                 self._dispatch_each(st, msgs)
             self._start_ready(st)
 
+    def _track_run(self, st: PartitionState, msgs: list[Any]) -> list[Any]:
+        """Track a fetched run of one partition; returns it without the offsets already resolved."""
+        skipped = st.tracker.track_many([m.offset() for m in msgs])
+        if skipped:
+            drop = set(skipped)
+            msgs = [m for i, m in enumerate(msgs) if i not in drop]
+            st.flow.released += len(skipped)
+            self.stats["preresolved_skipped"] += len(skipped)
+        return msgs
+
     def _dispatch_each(self, st: PartitionState, msgs: list[Any]) -> None:
         gaps = self._gaps
+        if gaps is None and st.spec.ordering == "key":  # the common case: track the run at once
+            submit = st.scheduler.submit
+            for m in self._track_run(st, msgs):
+                submit(m.key(), m)
+            return
         for m in msgs:
             offset = m.offset()
             if gaps is not None:
@@ -506,12 +516,10 @@ class Worker(SerialLane, MessagePath, FailureWrites, Rebalances):
             if not take_one:
                 self._start_ready(st)
                 return None
-            started = st.scheduler.take()
-            if started:
-                create = self._loop.create_task
-                for k, m in started[1:]:
-                    create(self._process_fast(st, k, m))
-                return started[0]
+            following = st.scheduler.take_one()
+            if st.scheduler.startable:  # normally not: a finish frees one slot
+                self._start_ready(st)
+            return following
         elif st.drained is not None and st.scheduler.running == 0:
             st.drained.set()
         return None
