@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from streamguard.context import Context
 from streamguard.core.idempotency import ClaimStatus
 from streamguard.errors import DecodeError
+from streamguard.stores.sqlite_ranges import is_dense
 
 if TYPE_CHECKING:
     from streamguard.runtime.partition import LaneJob, PartitionState
@@ -40,13 +41,15 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
     fn, decoder, takes_ctx, limit = spec.fn, spec.decoder, spec.takes_ctx, spec.max_message_bytes
     topic, partition = st.topic, st.partition
     idempotency = store.store
+    custom_key = spec.key is not None
+    claim_chunk = getattr(idempotency, "claim_chunk", None)  # a store that keeps a chunk as one range row
     clock = time.monotonic
     n = len(batch)
     i = 0
     while i < n:
         if job.stop:
             return i, None, None
-        chunk: list[tuple[Any, Any, Context]] = []
+        chunk: list[tuple[Any, Any, Context | None, str]] = []  # (record, model, its Context if needed, key)
         handover = None  # a record of this chunk's range that only the full path may take
         started = clock()
         for m in batch[i:i + st.lane_chunk]:
@@ -61,7 +64,11 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
                 break
             offset = m.offset()
             coordinates = f"{topic}/{partition}/{offset}"
-            ctx = Context(topic, partition, offset, m.key(), m.headers(), m.timestamp()[1], 1, coordinates,
+            headers = m.headers()
+            if not (headers or takes_ctx or custom_key):  # the key can only be the coordinates: no Context
+                chunk.append((m, model, None, coordinates))
+                continue
+            ctx = Context(topic, partition, offset, m.key(), headers, m.timestamp()[1], 1, coordinates,
                           worker_id, idempotency)
             try:
                 key = key_of(spec, model, ctx)
@@ -72,18 +79,24 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
                 handover = m
                 break
             ctx.idempotency_key = key
-            chunk.append((m, model, ctx))
+            chunk.append((m, model, ctx, key))
         if not chunk:
             return i, handover, None
-        outcomes = store.claim_unless_suspect_many([ctx.idempotency_key for _, _, ctx in chunk])
+        offsets = [m.offset() for m, _, _, _ in chunk]
+        if claim_chunk is not None and is_dense(offsets):
+            outcomes, per_key = claim_chunk(topic, partition, offsets, store.owner, store.lease)
+            job.chunk_range = (topic, partition, offsets[0], per_key, i)
+        else:
+            outcomes = store.claim_unless_suspect_many([key for _, _, _, key in chunk])
+            job.chunk_range = None
         pairs = list(zip(chunk, outcomes, strict=True))
-        job.claimed = [(i + j, ctx.idempotency_key) for j, ((_, _, ctx), o) in enumerate(pairs)
+        job.claimed = [(i + j, key) for j, ((_, _, _, key), o) in enumerate(pairs)
                        if o is not None and o.status is ClaimStatus.ACQUIRED]
         job.ok_keys = []
         ran = 0  # chunk entries resolved or run
         failed: Any = None
         exc: BaseException | None = None
-        for j, ((m, model, ctx), outcome) in enumerate(pairs):
+        for j, ((m, model, hctx, key), outcome) in enumerate(pairs):
             if job.stop:
                 break
             if outcome is None or outcome.status is ClaimStatus.BUSY:
@@ -98,7 +111,7 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
                 t0 = job.current_started = clock()
             try:
                 if takes_ctx:
-                    fn(model, ctx)
+                    fn(model, hctx)
                 else:
                     fn(model)
             except BaseException as err:
@@ -110,8 +123,8 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
             observe(clock() - t0)
             if failed is not None:
                 break
-            if not ctx.transaction_used:
-                job.ok_keys.append(ctx.idempotency_key)
+            if hctx is None or not hctx.transaction_used:
+                job.ok_keys.append(key)
             ran = j + 1
         if ran:  # a chunk should finish well inside its claims' lease: size the next one by this one's pace
             pace = (clock() - started) / ran
@@ -119,8 +132,9 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
         with job.lock:
             if job.abandoned:
                 return job.done, ABANDONED, None
-            settle_chunk(store, job.ok_keys, [k for x, k in job.claimed if x >= i + ran])
-            job.ok_keys, job.claimed = [], []
+            settle_chunk(store, job.ok_keys, [k for x, k in job.claimed if x >= i + ran], job.chunk_range,
+                         batch[i + ran - 1].offset() if ran else None)
+            job.ok_keys, job.claimed, job.chunk_range = [], [], None
             i += ran
             job.done = i
         if failed is not None:
@@ -132,8 +146,20 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
     return i, None, None
 
 
-def settle_chunk(store: StoreBatcher, completed: list[str], undo: list[str]) -> None:
-    """Write the completions of the chunk's successes; undo the claims of what it did not finish."""
+def settle_chunk(store: StoreBatcher, completed: list[str], undo: list[str],
+                 chunk_range: tuple[str, int, int, set[str], int] | None = None,
+                 done_through: int | None = None) -> None:
+    """Write the completions of the chunk's successes; undo the claims of what it did not finish.
+
+    A chunk claimed as a range is settled as one: DONE through ``done_through`` (the last offset of the
+    finished prefix), the rest dropped; only its keys that had rows of their own are settled key by key.
+    If a per-key call expanded the range meanwhile, every key is settled key by key.
+    """
+    if chunk_range is not None:
+        topic, partition, first, per_key, _ = chunk_range
+        if store.store.settle_chunk(topic, partition, first, store.owner, done_through):  # type: ignore[attr-defined]
+            completed = [k for k in completed if k in per_key]
+            undo = [k for k in undo if k in per_key]
     if completed:
         store.store.complete_many(completed, store.owner)
     for key in undo:

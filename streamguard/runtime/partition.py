@@ -51,8 +51,8 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "claimed", "current_started", "done", "dupes", "extend_max", "extended", "index",
-                 "lock", "more", "ok_keys", "started", "stop")
+    __slots__ = ("abandoned", "chunk_range", "claimed", "current_started", "done", "dupes", "extend_max", "extended",
+                 "index", "lock", "more", "ok_keys", "started", "stop")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -71,6 +71,8 @@ class LaneJob:
         self.dupes = 0  # resolved as duplicates (key already DONE): no handler call
         self.ok_keys: list[str] = []  # keys of the current chunk that succeeded, completion not yet written
         self.claimed: list[tuple[int, str]] = []  # (batch index, key) claimed in the current chunk
+        # the current chunk claimed as one range: (topic, partition, first offset, keys with own rows, batch index)
+        self.chunk_range: tuple[str, int, int, set[str], int] | None = None
 
 
 class PartitionState:

@@ -130,7 +130,8 @@ class SerialLane(WorkerState):
             expired = bool(job.current_started) and time.monotonic() - job.current_started > timeout
             if expired:
                 job.abandoned = True
-                done, index, ok_keys, claimed = job.done, job.index, job.ok_keys, job.claimed
+                done, index, ok_keys, claimed, chunk_range = (job.done, job.index, job.ok_keys, job.claimed,
+                                                              job.chunk_range)
         if expired:
             exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
                                  "(sync handlers cannot be interrupted; its thread runs on)")
@@ -138,16 +139,21 @@ class SerialLane(WorkerState):
                 self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
             else:  # the chunk's successes before it are completed first, its unfinished claims undone
                 undo = [k for x, k in claimed if x >= index]
-                self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, ok_keys, undo, exc))
+                # a chunk claimed as a range is DONE through the message before the one that timed out
+                through = batch[index - 1].offset() if chunk_range and index > chunk_range[4] else None
+                self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, ok_keys, undo, exc,
+                                                              chunk_range, through))
             return
         self._loop.call_later(min(timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
 
     async def _settle_abandoned(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, index: int,
-                                ok_keys: list[str], undo: list[str], exc: BaseException) -> None:
+                                ok_keys: list[str], undo: list[str], exc: BaseException,
+                                chunk_range: tuple[str, int, int, set[str], int] | None = None,
+                                through: int | None = None) -> None:
         store = self._store
         assert store is not None
         try:
-            await store.call_with(settle_chunk, store, ok_keys, undo)
+            await store.call_with(settle_chunk, store, ok_keys, undo, chunk_range, through)
         except Exception:  # the store is down: nothing of the chunk is resolved; the full path retries it
             log.exception("could not settle the lane's chunk on %s[%d]", st.topic, st.partition)
             index = job.done

@@ -42,6 +42,7 @@ from streamguard.core.idempotency import (
     unique_keys,
 )
 from streamguard.errors import LeaseLost, StreamguardError
+from streamguard.stores import sqlite_ranges as ranges
 
 __all__ = ["SqliteStore"]
 
@@ -128,6 +129,13 @@ class SqliteStore:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute("COMMIT")
+                exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                      (ranges.RANGES,))
+                if exists.fetchone() is None:  # new files, and files written before ranges existed
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in ranges.SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("COMMIT")
             except BaseException:
                 conn.close()
                 raise
@@ -180,8 +188,10 @@ class SqliteStore:
         return self.claim_many([key], owner, lease_seconds)[0]
 
     def claim_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> list[ClaimOutcome]:
+        uniq = unique_keys(keys)
         with self._write() as conn:
-            results = self._claim(conn, unique_keys(keys), owner, lease_seconds)
+            ranges.expand(conn, TABLE, uniq)
+            results = self._claim(conn, uniq, owner, lease_seconds)
         return [results[k] for k in keys]
 
     def _claim(self, conn: sqlite3.Connection, uniq: list[str], owner: str,
@@ -213,6 +223,7 @@ class SqliteStore:
         uniq = unique_keys(keys)
         out: dict[str, ClaimOutcome | None] = {}
         with self._write() as conn:
+            ranges.expand(conn, TABLE, uniq)
             now = self._clock()
             for key in self._claim_fresh(conn, uniq, owner, now, lease_seconds):
                 out[key] = ClaimOutcome(ClaimStatus.ACQUIRED, 1)
@@ -232,12 +243,47 @@ class SqliteStore:
                     out.update(self._claim(conn, claimable, owner, lease_seconds))
         return [out[k] for k in keys]
 
+    def claim_chunk(self, topic: str, partition: int, offsets: Sequence[int], owner: str,
+                    lease_seconds: float) -> tuple[list[ClaimOutcome | None], set[str]]:
+        """:meth:`claim_unless_suspect_many` for the keys ``topic/partition/offset`` of ``offsets`` (increasing,
+        dense: see sqlite_ranges), the never-seen ones claimed as ONE range row ``[offsets[0], offsets[-1]]``.
+
+        Returns the outcomes and the keys claimed with rows of their own (released before with their counter
+        at 0): :meth:`settle_chunk` leaves those to the per-key calls.
+        """
+        keys = [f"{topic}/{partition}/{o}" for o in offsets]
+        out: list[ClaimOutcome | None] = []
+        with self._write() as conn:
+            now = self._clock()
+            ranges.expand_overlapping(conn, TABLE, topic, partition, offsets[0], offsets[-1])
+            current = self._read(conn, keys)
+            claimable = [k for k in keys if (rec := current.get(k)) is not None
+                         and rec.status is not RecordStatus.DONE and rec.deliveries == 0]
+            claimed = self._claim(conn, claimable, owner, lease_seconds) if claimable else {}
+            for key in keys:
+                rec = current.get(key)
+                if rec is None:
+                    out.append(ClaimOutcome(ClaimStatus.ACQUIRED, 1))
+                elif rec.status is RecordStatus.DONE:
+                    out.append(ClaimOutcome(ClaimStatus.DONE, rec.deliveries))
+                else:
+                    out.append(claimed.get(key))  # None: a suspect (delivered before, unresolved)
+            ranges.insert_claim(conn, topic, partition, offsets[0], offsets[-1], owner, now + lease_seconds, now)
+        return out, set(claimable)
+
+    def settle_chunk(self, topic: str, partition: int, first: int, owner: str, done_through: int | None) -> bool:
+        """Our range claimed at ``first`` becomes DONE through ``done_through`` (None: nothing finished); False
+        when a per-key call expanded it meanwhile, and the chunk must be settled key by key."""
+        with self._write() as conn:
+            return ranges.settle(conn, topic, partition, first, owner, done_through, self._clock())
+
     def complete(self, key: str, owner: str) -> bool:
         return self.complete_many([key], owner)[0]
 
     def complete_many(self, keys: Sequence[str], owner: str) -> list[bool]:
         uniq = unique_keys(keys)
         with self._write() as conn:
+            ranges.expand(conn, TABLE, uniq)
             now = self._clock()
             rows = conn.execute(_COMPLETE_OWN, (now, now, orjson.dumps(uniq).decode(), owner))
             results = dict.fromkeys((row[0] for row in rows), True)
@@ -254,21 +300,21 @@ class SqliteStore:
 
     def release(self, key: str, owner: str) -> None:
         with self._write() as conn:
+            ranges.expand(conn, TABLE, [key])
             new = transition_release(self._read(conn, [key]).get(key), owner, self._clock())
             if new is not None:
                 conn.execute(_UPSERT, _row(key, new))
 
     def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
         with self._write() as conn:
+            ranges.expand(conn, TABLE, [key])
             new = transition_renew(self._read(conn, [key]).get(key), owner, self._clock(), lease_seconds)
             if new is not None:
                 conn.execute(_UPSERT, _row(key, new))
             return new is not None
 
     def deliveries(self, key: str) -> int:
-        with self._lock:
-            row = self._require().execute(f"SELECT deliveries FROM {TABLE} WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row is not None else 0
+        return self.peek_many([key])[0][1]
 
     def peek_many(self, keys: Sequence[str]) -> list[tuple[bool, int]]:
         found: dict[str, tuple[bool, int]] = {}
@@ -280,19 +326,20 @@ class SqliteStore:
                 for key, status, deliveries in conn.execute(
                         f"SELECT key, status, deliveries FROM {TABLE} WHERE key IN ({marks})", chunk):
                     found[key] = (status == "done", int(deliveries))
+            for key, status in ranges.covering(conn, [k for k in keys if k not in found]).items():
+                found[key] = (status == "done", 1)
         return [found.get(k, (False, 0)) for k in keys]
 
     def reset_deliveries(self, key: str) -> None:
         with self._write() as conn:
+            ranges.expand(conn, TABLE, [key])
             conn.execute(f"UPDATE {TABLE} SET deliveries = 0, updated_at = ? WHERE key = ?", (self._clock(), key))
 
     def cleanup(self, older_than_seconds: float) -> int:
         with self._write() as conn:
-            cur = conn.execute(
-                f"DELETE FROM {TABLE} WHERE status = 'done' AND completed_at < ?",
-                (self._clock() - older_than_seconds,),
-            )
-            return cur.rowcount
+            cutoff = self._clock() - older_than_seconds
+            cur = conn.execute(f"DELETE FROM {TABLE} WHERE status = 'done' AND completed_at < ?", (cutoff,))
+            return cur.rowcount + ranges.cleanup(conn, cutoff)
 
     def transaction(self, key: str, owner: str) -> AbstractContextManager[sqlite3.Connection]:
         """Yield a connection inside BEGIN IMMEDIATE; on exit mark ``key`` DONE and COMMIT both, or roll back.
@@ -310,6 +357,7 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                ranges.expand(conn, TABLE, [key])  # inside the user's transaction: kept or rolled back with it
                 yield conn
                 new, marked = transition_complete(self._read(conn, [key]).get(key), owner, self._clock())
                 if not marked:
