@@ -106,9 +106,8 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
                 job.dupes += 1
                 ran = j + 1
                 continue
-            with job.lock:
-                job.index = i + j
-                t0 = job.current_started = clock()
+            job.index = i + j  # before current_started: the watchdog reads them in the other order
+            t0 = job.current_started = clock()
             try:
                 if takes_ctx:
                     fn(model, hctx)
@@ -158,8 +157,8 @@ def settle_chunk(store: StoreBatcher, completed: list[str], undo: list[str],
     if chunk_range is not None:
         topic, partition, first, per_key, _ = chunk_range
         if store.store.settle_chunk(topic, partition, first, store.owner, done_through):  # type: ignore[attr-defined]
-            completed = [k for k in completed if k in per_key]
-            undo = [k for k in undo if k in per_key]
+            completed = [k for k in completed if k in per_key] if per_key else []
+            undo = [k for k in undo if k in per_key] if per_key else []
     if completed:
         store.store.complete_many(completed, store.owner)
     for key in undo:

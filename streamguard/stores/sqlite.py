@@ -251,31 +251,62 @@ class SqliteStore:
         Returns the outcomes and the keys claimed with rows of their own (released before with their counter
         at 0): :meth:`settle_chunk` leaves those to the per-key calls.
         """
-        keys = [f"{topic}/{partition}/{o}" for o in offsets]
-        out: list[ClaimOutcome | None] = []
+        fresh = ClaimOutcome(ClaimStatus.ACQUIRED, 1)  # frozen: one object for every fresh key
+        lo, hi = offsets[0], offsets[-1]
+        if len(str(lo)) == len(str(hi)):
+            with self._lock:  # nothing there yet (the common case): one statement, no BEGIN / COMMIT round trips
+                now = self._clock()
+                if ranges.claim_if_untouched(self._require(), TABLE, topic, partition, lo, hi, owner,
+                                             now + lease_seconds, now):
+                    return [fresh] * len(offsets), set()
         with self._write() as conn:
             now = self._clock()
             ranges.expand_overlapping(conn, TABLE, topic, partition, offsets[0], offsets[-1])
-            current = self._read(conn, keys)
-            claimable = [k for k in keys if (rec := current.get(k)) is not None
-                         and rec.status is not RecordStatus.DONE and rec.deliveries == 0]
-            claimed = self._claim(conn, claimable, owner, lease_seconds) if claimable else {}
-            for key in keys:
-                rec = current.get(key)
-                if rec is None:
-                    out.append(ClaimOutcome(ClaimStatus.ACQUIRED, 1))
-                elif rec.status is RecordStatus.DONE:
-                    out.append(ClaimOutcome(ClaimStatus.DONE, rec.deliveries))
-                else:
-                    out.append(claimed.get(key))  # None: a suspect (delivered before, unresolved)
+            current = self._read_span(conn, topic, partition, offsets[0], offsets[-1])
+            if not current:  # the common case: no key of the chunk has a row of its own
+                out: list[ClaimOutcome | None] = [fresh] * len(offsets)
+                claimable: list[str] = []
+            else:
+                keys = [f"{topic}/{partition}/{o}" for o in offsets]
+                claimable = [k for k in keys if (rec := current.get(k)) is not None
+                             and rec.status is not RecordStatus.DONE and rec.deliveries == 0]
+                claimed = self._claim(conn, claimable, owner, lease_seconds) if claimable else {}
+                out = []
+                for key in keys:
+                    rec = current.get(key)
+                    if rec is None:
+                        out.append(fresh)
+                    elif rec.status is RecordStatus.DONE:
+                        out.append(ClaimOutcome(ClaimStatus.DONE, rec.deliveries))
+                    else:
+                        out.append(claimed.get(key))  # None: a suspect (delivered before, unresolved)
             ranges.insert_claim(conn, topic, partition, offsets[0], offsets[-1], owner, now + lease_seconds, now)
         return out, set(claimable)
+
+    @staticmethod
+    def _read_span(conn: sqlite3.Connection, topic: str, partition: int, lo: int, hi: int) -> dict[str, KeyRecord]:
+        """The rows of keys ``topic/partition/<offset>`` for offsets in ``[lo, hi]`` (and possibly a few other keys
+        of that partition: callers look up the keys they want), in one index range scan per decimal length
+        instead of a lookup per key: among keys of one length under one prefix, text order is numeric order."""
+        found: dict[str, KeyRecord] = {}
+        prefix = f"{topic}/{partition}/"
+        a = lo
+        while a <= hi:
+            b = min(hi, 10 ** len(str(a)) - 1)
+            first, last = prefix + str(a), prefix + str(b)
+            for key, status, owner, expires, deliveries, completed, updated in conn.execute(
+                f"SELECT {_COLUMNS} FROM {TABLE} WHERE key BETWEEN ? AND ? AND length(key) = ?",
+                (first, last, len(first)),
+            ):
+                found[key] = KeyRecord(RecordStatus(status), owner, expires, deliveries, completed, updated)
+            a = b + 1
+        return found
 
     def settle_chunk(self, topic: str, partition: int, first: int, owner: str, done_through: int | None) -> bool:
         """Our range claimed at ``first`` becomes DONE through ``done_through`` (None: nothing finished); False
         when a per-key call expanded it meanwhile, and the chunk must be settled key by key."""
-        with self._write() as conn:
-            return ranges.settle(conn, topic, partition, first, owner, done_through, self._clock())
+        with self._lock:  # one statement: its own transaction (autocommit), no BEGIN / COMMIT round trips
+            return ranges.settle(self._require(), topic, partition, first, owner, done_through, self._clock())
 
     def complete(self, key: str, owner: str) -> bool:
         return self.complete_many([key], owner)[0]

@@ -107,6 +107,22 @@ def _expand_range(conn: sqlite3.Connection, table: str, topic: str, part: int, r
     conn.execute(f"DELETE FROM {RANGES} WHERE topic = ? AND part = ? AND first = ?", (topic, part, first))
 
 
+def claim_if_untouched(conn: sqlite3.Connection, table: str, topic: str, part: int, lo: int, hi: int, owner: str,
+                       lease_expires: float, now: float) -> bool:
+    """The common case in ONE statement (its own transaction): claim ``[lo, hi]`` as a range if no range overlaps
+    it and no key ``topic/part/<offset in [lo, hi]>`` has a row (``lo`` and ``hi`` of one decimal length)."""
+    prefix = f"{topic}/{part}/"
+    cur = conn.execute(
+        f"INSERT INTO {RANGES} (topic, part, first, last, status, owner, lease_expires, updated_at) "
+        "SELECT ?1, ?2, ?3, ?4, 'claimed', ?5, ?6, ?7 "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {RANGES} WHERE topic = ?1 AND part = ?2 AND first BETWEEN ?3 AND ?4) "
+        f"AND NOT EXISTS (SELECT 1 FROM (SELECT last FROM {RANGES} WHERE topic = ?1 AND part = ?2 AND first < ?3 "
+        "ORDER BY first DESC LIMIT 1) WHERE last >= ?3) "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE key BETWEEN ?8 AND ?9 AND length(key) = ?10)",
+        (topic, part, lo, hi, owner, lease_expires, now, prefix + str(lo), prefix + str(hi), len(prefix + str(lo))))
+    return cur.rowcount == 1
+
+
 def insert_claim(conn: sqlite3.Connection, topic: str, part: int, first: int, last: int, owner: str,
                  lease_expires: float, now: float) -> None:
     conn.execute(f"INSERT INTO {RANGES} VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?)",
@@ -117,16 +133,13 @@ def settle(conn: sqlite3.Connection, topic: str, part: int, first: int, owner: s
            now: float) -> bool:
     """Our CLAIMED range becomes DONE through ``done_through`` (deleted when None); False when it is not there
     any more as ours (a per-key operation expanded it): the caller settles key by key instead."""
-    row = conn.execute(f"SELECT status, owner FROM {RANGES} WHERE topic = ? AND part = ? AND first = ?",
-                       (topic, part, first)).fetchone()
-    if row is None or row[0] != "claimed" or row[1] != owner:
-        return False
+    mine = "topic = ? AND part = ? AND first = ? AND status = 'claimed' AND owner = ?"
     if done_through is None:
-        conn.execute(f"DELETE FROM {RANGES} WHERE topic = ? AND part = ? AND first = ?", (topic, part, first))
+        cur = conn.execute(f"DELETE FROM {RANGES} WHERE {mine}", (topic, part, first, owner))
     else:
-        conn.execute(f"UPDATE {RANGES} SET status = 'done', last = ?, lease_expires = NULL, updated_at = ? "
-                     "WHERE topic = ? AND part = ? AND first = ?", (done_through, now, topic, part, first))
-    return True
+        cur = conn.execute(f"UPDATE {RANGES} SET status = 'done', last = ?, lease_expires = NULL, updated_at = ? "
+                           f"WHERE {mine}", (done_through, now, topic, part, first, owner))
+    return cur.rowcount == 1
 
 
 def cleanup(conn: sqlite3.Connection, cutoff: float) -> int:

@@ -145,3 +145,15 @@ def test_helpers():
     assert coordinates("orders.v1/3/42") == ("orders.v1", 3, 42)
     assert coordinates("order-17") is None and coordinates("a/b/c") is None
     assert is_dense([5, 6, 8]) and not is_dense([1, 100]) and not is_dense([])
+
+
+def test_a_chunk_finds_rows_of_its_keys_across_a_power_of_ten_and_only_those(store, clock):
+    for offset in (98, 1000, 10001):  # 1000 and 10001 sort between "t/0/100" and "t/0/105" as text
+        store.claim_many(keys([offset]), "w0", 30.0)
+        store.complete_many(keys([offset]), "w0")
+    store.claim_many(keys([100]), "dead", 30.0)  # delivered, never resolved
+    clock.now += 60
+    outcomes, _ = store.claim_chunk("t", 0, list(range(95, 106)), "w1", 30.0)
+    done = ClaimOutcome(ClaimStatus.DONE, 1)
+    assert outcomes == [ACQ1, ACQ1, ACQ1, done, ACQ1, None, ACQ1, ACQ1, ACQ1, ACQ1, ACQ1]
+    assert store.peek_many(keys([1000, 10001])) == [(True, 1), (True, 1)]
