@@ -50,6 +50,7 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
         if job.stop:
             return i, None, None
         chunk: list[tuple[Any, Any, Context | None, str]] = []  # (record, model, its Context if needed, key)
+        offsets: list[int] = []  # of the chunk's records
         handover = None  # a record of this chunk's range that only the full path may take
         started = clock()
         for m in batch[i:i + st.lane_chunk]:
@@ -67,6 +68,7 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
             headers = m.headers()
             if not (headers or takes_ctx or custom_key):  # the key can only be the coordinates: no Context
                 chunk.append((m, model, None, coordinates))
+                offsets.append(offset)
                 continue
             ctx = Context(topic, partition, offset, m.key(), headers, m.timestamp()[1], 1, coordinates,
                           worker_id, idempotency)
@@ -80,9 +82,9 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
                 break
             ctx.idempotency_key = key
             chunk.append((m, model, ctx, key))
+            offsets.append(offset)
         if not chunk:
             return i, handover, None
-        offsets = [m.offset() for m, _, _, _ in chunk]
         if claim_chunk is not None and is_dense(offsets):
             outcomes, per_key = claim_chunk(topic, partition, offsets, store.owner, store.lease)
             job.chunk_range = (topic, partition, offsets[0], per_key, i)

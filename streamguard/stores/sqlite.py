@@ -24,9 +24,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -77,6 +78,12 @@ _COMPLETE_OWN = (
     f"UPDATE {TABLE} SET status = 'done', lease_expires = NULL, completed_at = ?, updated_at = ? "
     "WHERE key IN (SELECT value FROM json_each(?)) AND status = 'claimed' AND owner = ? RETURNING key"
 )  # = transition_complete(own claim, ...): DONE, counter kept
+
+
+def _records(rows: Iterable[tuple[Any, ...]]) -> dict[str, KeyRecord]:
+    """Rows of ``SELECT {_COLUMNS}`` -> records by key."""
+    return {key: KeyRecord(RecordStatus(status), owner, expires, deliveries, completed, updated)
+            for key, status, owner, expires, deliveries, completed, updated in rows}
 
 
 def _row(key: str, rec: KeyRecord) -> tuple[object, ...]:
@@ -176,10 +183,7 @@ class SqliteStore:
         for i in range(0, len(keys), _CHUNK):
             chunk = keys[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for key, status, owner, expires, deliveries, completed, updated in conn.execute(
-                f"SELECT {_COLUMNS} FROM {TABLE} WHERE key IN ({marks})", chunk
-            ):
-                found[key] = KeyRecord(RecordStatus(status), owner, expires, deliveries, completed, updated)
+            found.update(_records(conn.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE key IN ({marks})", chunk)))
         return found
 
     # -- the protocol --------------------------------------------------------------------------------
@@ -294,11 +298,9 @@ class SqliteStore:
         while a <= hi:
             b = min(hi, 10 ** len(str(a)) - 1)
             first, last = prefix + str(a), prefix + str(b)
-            for key, status, owner, expires, deliveries, completed, updated in conn.execute(
+            found.update(_records(conn.execute(
                 f"SELECT {_COLUMNS} FROM {TABLE} WHERE key BETWEEN ? AND ? AND length(key) = ?",
-                (first, last, len(first)),
-            ):
-                found[key] = KeyRecord(RecordStatus(status), owner, expires, deliveries, completed, updated)
+                (first, last, len(first)))))
             a = b + 1
         return found
 

@@ -115,9 +115,7 @@ def claim_if_untouched(conn: sqlite3.Connection, table: str, topic: str, part: i
     cur = conn.execute(
         f"INSERT INTO {RANGES} (topic, part, first, last, status, owner, lease_expires, updated_at) "
         "SELECT ?1, ?2, ?3, ?4, 'claimed', ?5, ?6, ?7 "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {RANGES} WHERE topic = ?1 AND part = ?2 AND first BETWEEN ?3 AND ?4) "
-        f"AND NOT EXISTS (SELECT 1 FROM (SELECT last FROM {RANGES} WHERE topic = ?1 AND part = ?2 AND first < ?3 "
-        "ORDER BY first DESC LIMIT 1) WHERE last >= ?3) "
+        f"WHERE NOT EXISTS ({_OVERLAPPING}) "  # the same numbered parameters: ?1 topic .. ?4 hi
         f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE key BETWEEN ?8 AND ?9 AND length(key) = ?10)",
         (topic, part, lo, hi, owner, lease_expires, now, prefix + str(lo), prefix + str(hi), len(prefix + str(lo))))
     return cur.rowcount == 1
