@@ -2,8 +2,8 @@
 
 The per-message path (claim, run, complete as three awaited store calls plus a coroutine per message)
 costs far more than the store itself. A partition-serial sync handler runs its messages in order on one
-thread anyway, so this lane claims a chunk of keys in ONE store transaction, runs the handlers, and
-completes the successes in ONE more; a message counts as resolved only after its completion is written.
+thread anyway, so this lane claims a chunk of keys in ONE store call, runs the handlers, and completes the
+successes in ONE more; a message counts as resolved only after its completion is written.
 
 Only the common case takes it: a record whose idempotency key is its own coordinates (no ``key=``
 function, no ``idempotency-key`` header: such keys may repeat across partitions, and the per-message path
@@ -12,15 +12,20 @@ serialises them worker-wide), not replayed, decodable, within the size limit, ne
 the first failure (counted as its first attempt). Claims of messages the lane did not finish are undone
 (released, counter back to 0): they were fresh, and a failure that returned is not a crash, so the full
 path starts their crash-loop count from scratch.
+
+The common chunk costs the lane no per-key work at all: a store with offset ranges (SqliteStore) claims a
+chunk nobody touched yet as one span (``claim_span``) and settles it as one; keys are only spelled out
+when the store says a chunk needs per-key bookkeeping.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamguard.context import Context
-from streamguard.core.idempotency import ClaimStatus
+from streamguard.core.idempotency import ClaimOutcome, ClaimStatus
 from streamguard.errors import DecodeError
 from streamguard.stores.sqlite_ranges import is_dense
 
@@ -28,29 +33,89 @@ if TYPE_CHECKING:
     from streamguard.runtime.partition import LaneJob, PartitionState
     from streamguard.runtime.store_batcher import StoreBatcher
 
-MAX_CHUNK = 500  # keys claimed per transaction, at most: a crash leaves at most this many suspects behind
+MAX_CHUNK = 2000  # keys claimed per store call, at most: a crash leaves at most this many suspects behind
 
 ABANDONED = object()  # returned as ``failed`` when the timeout watchdog settled the batch instead
 
 
-def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: StoreBatcher,
-                     worker_id: str, key_of: Any, observe: Any) -> tuple[int, Any, BaseException | None]:
-    """(pool thread) Handle ``batch`` in order; returns (resolved count, first message for the full path or
-    None, its exception or None)."""
+class Chunk:
+    """One claimed chunk of a lane batch, ``batch[start:start + size]``: what settling it needs, whether the
+    lane settles it or the timeout watchdog does."""
+
+    __slots__ = ("acquired", "ctxs", "dupes", "first", "keys", "per_key", "size", "start")
+
+    def __init__(self, start: int, size: int, ctxs: list[Context | None] | None) -> None:
+        self.start = start
+        self.size = size
+        self.ctxs = ctxs  # the records' Contexts, when any record needed one; else None
+        self.keys: list[str] | None = None  # the records' keys, once spelled out
+        self.acquired: list[bool] | None = None  # claimed by this chunk, per record (None: all of them)
+        self.dupes: set[int] = set()  # chunk indices already DONE: resolved without running
+        self.first: int | None = None  # claimed as a range row starting at this offset (else per key)
+        self.per_key: set[str] = set()  # keys of a range chunk claimed with rows of their own
+
+    def spell_keys(self, batch: list[Any], topic: str, partition: int) -> list[str]:
+        if self.keys is None:
+            self.keys = [f"{topic}/{partition}/{m.offset()}" for m in batch[self.start:self.start + self.size]]
+        return self.keys
+
+    def settle(self, store: StoreBatcher, batch: list[Any], ran: int, topic: str, partition: int) -> None:
+        """(store thread) Complete the chunk's first ``ran`` records (those it claimed and ran, unless their
+        ``ctx.transaction()`` completed them already); undo the claims of the rest."""
+        idempotency: Any = store.store
+        if self.first is not None:  # a range: DONE through the last record that ran, the rest dropped
+            through = batch[self.start + ran - 1].offset() if ran else None
+            if idempotency.settle_chunk(topic, partition, self.first, store.owner, through):
+                if not self.per_key:
+                    return
+                own = self.per_key  # only keys with rows of their own are settled key by key
+            else:
+                own = None  # a per-key call expanded the range meanwhile: every key is settled key by key
+        else:
+            own = None
+        keys = self.spell_keys(batch, topic, partition)
+        acquired, ctxs = self.acquired, self.ctxs
+        completed, undo = [], []
+        for j, key in enumerate(keys):
+            if (acquired is not None and not acquired[j]) or (own is not None and key not in own):
+                continue
+            if j >= ran:
+                undo.append(key)
+            elif j not in self.dupes and not (ctxs is not None and (ctx := ctxs[j]) is not None
+                                              and ctx.transaction_used):
+                completed.append(key)
+        if completed:
+            idempotency.complete_many(completed, store.owner)
+        for key in undo:
+            store.release_now(key, keep_count=False)
+
+
+def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: StoreBatcher, worker_id: str,
+                     key_of: Any, observe: Callable[[float], None],
+                     extend: Callable[[LaneJob, list[Any]], None]) -> tuple[int, Any, BaseException | None]:
+    """(pool thread) Handle ``batch`` in order, and what ``extend`` appends to it once it is done; returns
+    (resolved count, first message for the full path or None, its exception or None)."""
     spec = st.spec
     fn, decoder, takes_ctx, limit = spec.fn, spec.decoder, spec.takes_ctx, spec.max_message_bytes
     topic, partition = st.topic, st.partition
     idempotency = store.store
     custom_key = spec.key is not None
-    claim_chunk = getattr(idempotency, "claim_chunk", None)  # a store that keeps a chunk as one range row
+    claim_span = getattr(idempotency, "claim_span", None)  # a store that keeps a chunk as one range row
+    timed = spec.timeout is not None  # a watchdog reads job.index / current_started, under job.lock
+    lock = job.lock
     clock = time.monotonic
-    n = len(batch)
     i = 0
-    while i < n:
+    while True:
+        if i == len(batch):
+            if job.more is None:
+                break
+            extend(job, batch)  # takes what was dispatched meanwhile, or closes the job to more
+            if i == len(batch):
+                break
         if job.stop:
             return i, None, None
-        chunk: list[tuple[Any, Any, Context | None, str]] = []  # (record, model, its Context if needed, key)
-        offsets: list[int] = []  # of the chunk's records
+        models: list[Any] = []
+        ctxs: list[Context | None] | None = None  # one per record once a record needs a Context
         handover = None  # a record of this chunk's range that only the full path may take
         started = clock()
         for m in batch[i:i + st.lane_chunk]:
@@ -63,105 +128,113 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
             except DecodeError:
                 handover = m
                 break
-            offset = m.offset()
-            coordinates = f"{topic}/{partition}/{offset}"
             headers = m.headers()
-            if not (headers or takes_ctx or custom_key):  # the key can only be the coordinates: no Context
-                chunk.append((m, model, None, coordinates))
-                offsets.append(offset)
-                continue
-            ctx = Context(topic, partition, offset, m.key(), headers, m.timestamp()[1], 1, coordinates,
-                          worker_id, idempotency)
-            try:
-                key = key_of(spec, model, ctx)
-            except Exception:
-                handover = m
-                break
-            if key != coordinates or ctx.header("streamguard.replayed-from") is not None:
-                handover = m
-                break
-            ctx.idempotency_key = key
-            chunk.append((m, model, ctx, key))
-            offsets.append(offset)
-        if not chunk:
+            if headers or takes_ctx or custom_key:
+                offset = m.offset()
+                coordinates = f"{topic}/{partition}/{offset}"
+                ctx = Context(topic, partition, offset, m.key(), headers, m.timestamp()[1], 1, coordinates,
+                              worker_id, idempotency)
+                try:
+                    key = key_of(spec, model, ctx)
+                except Exception:
+                    handover = m
+                    break
+                if key != coordinates or ctx.header("streamguard.replayed-from") is not None:
+                    handover = m
+                    break
+                ctx.idempotency_key = key
+                if ctxs is None:
+                    ctxs = [None] * len(models)
+                ctxs.append(ctx)
+            elif ctxs is not None:
+                ctxs.append(None)
+            models.append(model)
+        size = len(models)
+        if not size:
             return i, handover, None
-        if claim_chunk is not None and is_dense(offsets):
-            outcomes, per_key = claim_chunk(topic, partition, offsets, store.owner, store.lease)
-            job.chunk_range = (topic, partition, offsets[0], per_key, i)
-        else:
-            outcomes = store.claim_unless_suspect_many([key for _, _, _, key in chunk])
-            job.chunk_range = None
-        pairs = list(zip(chunk, outcomes, strict=True))
-        job.claimed = [(i + j, key) for j, ((_, _, _, key), o) in enumerate(pairs)
-                       if o is not None and o.status is ClaimStatus.ACQUIRED]
-        job.ok_keys = []
-        ran = 0  # chunk entries resolved or run
+        chunk = Chunk(i, size, ctxs)
+        stop_at = _claim(chunk, batch, topic, partition, store, claim_span)
+        if stop_at < size:  # a suspect (delivered before, unresolved) or held elsewhere: the full path decides
+            handover = batch[i + stop_at]
+        with lock:
+            job.chunk = chunk
+        dupes = chunk.dupes
+        ran = 0  # chunk records resolved (run, or DONE already)
         failed: Any = None
         exc: BaseException | None = None
-        for j, ((m, model, hctx, key), outcome) in enumerate(pairs):
+        t0 = clock()
+        if timed and stop_at:
+            with lock:
+                job.index, job.current_started = i, t0
+        for j in range(stop_at):
             if job.stop:
                 break
-            if outcome is None or outcome.status is ClaimStatus.BUSY:
-                failed = m  # a suspect (delivered before, unresolved) or held elsewhere: the full path decides
-                break
-            if outcome.status is ClaimStatus.DONE:
+            if dupes and j in dupes:
                 job.dupes += 1
-                ran = j + 1
-                continue
-            job.index = i + j  # before current_started: the watchdog reads them in the other order
-            t0 = job.current_started = clock()
-            try:
-                if takes_ctx:
-                    fn(model, hctx)
-                else:
-                    fn(model)
-            except BaseException as err:
-                failed, exc = m, err
-            with job.lock:
-                if job.abandoned:  # the watchdog settled this batch: hands off the store from here on
-                    return job.done, ABANDONED, None
-                job.current_started = 0.0
-            observe(clock() - t0)
+            else:
+                try:
+                    if takes_ctx:
+                        fn(models[j], ctxs[j])  # type: ignore[index]
+                    else:
+                        fn(models[j])
+                except BaseException as err:
+                    failed, exc = batch[i + j], err
+            t1 = clock()
+            if timed:
+                with lock:
+                    if job.abandoned:  # the watchdog settled this batch: hands off the store from here on
+                        return job.done, ABANDONED, None
+                    job.index = i + j + 1
+                    job.current_started = t1 if j + 1 < stop_at and failed is None else 0.0
+            observe(t1 - t0)
+            t0 = t1
             if failed is not None:
                 break
-            if hctx is None or not hctx.transaction_used:
-                job.ok_keys.append(key)
             ran = j + 1
         if ran:  # a chunk should finish well inside its claims' lease: size the next one by this one's pace
             pace = (clock() - started) / ran
             st.lane_chunk = max(1, min(MAX_CHUNK, int(store.lease / 4 / pace) if pace > 0 else MAX_CHUNK))
-        with job.lock:
+        with lock:
             if job.abandoned:
                 return job.done, ABANDONED, None
-            settle_chunk(store, job.ok_keys, [k for x, k in job.claimed if x >= i + ran], job.chunk_range,
-                         batch[i + ran - 1].offset() if ran else None)
-            job.ok_keys, job.claimed, job.chunk_range = [], [], None
+            job.current_started = 0.0
+            chunk.settle(store, batch, ran, topic, partition)
+            job.chunk = None
             i += ran
             job.done = i
         if failed is not None:
             return i, failed, exc
-        if ran < len(chunk):  # stopped (revoke / shutdown)
+        if ran < stop_at:  # stopped (revoke / shutdown)
             return i, None, None
         if handover is not None:
             return i, handover, None
     return i, None, None
 
 
-def settle_chunk(store: StoreBatcher, completed: list[str], undo: list[str],
-                 chunk_range: tuple[str, int, int, set[str], int] | None = None,
-                 done_through: int | None = None) -> None:
-    """Write the completions of the chunk's successes; undo the claims of what it did not finish.
+def _claim(chunk: Chunk, batch: list[Any], topic: str, partition: int, store: StoreBatcher,
+           claim_span: Any) -> int:
+    """Claim the chunk's keys; returns how many of its records, from its start, may run (the first one that
+    may not is a suspect or held elsewhere)."""
+    idempotency: Any = store.store
+    msgs = batch[chunk.start:chunk.start + chunk.size]
+    lo, hi = msgs[0].offset(), msgs[-1].offset()
+    if claim_span is not None and is_dense(lo, hi, chunk.size):
+        if claim_span(topic, partition, lo, hi, store.owner, store.lease):  # the common case: nothing there yet
+            chunk.first = lo
+            return chunk.size
+        offsets = [m.offset() for m in msgs]
+        outcomes, chunk.per_key = idempotency.claim_chunk(topic, partition, offsets, store.owner, store.lease)
+        chunk.first = lo
+    else:
+        outcomes = store.claim_unless_suspect_many(chunk.spell_keys(batch, topic, partition))
+    return _sort_outcomes(chunk, outcomes)
 
-    A chunk claimed as a range is settled as one: DONE through ``done_through`` (the last offset of the
-    finished prefix), the rest dropped; only its keys that had rows of their own are settled key by key.
-    If a per-key call expanded the range meanwhile, every key is settled key by key.
-    """
-    if chunk_range is not None:
-        topic, partition, first, per_key, _ = chunk_range
-        if store.store.settle_chunk(topic, partition, first, store.owner, done_through):  # type: ignore[attr-defined]
-            completed = [k for k in completed if k in per_key] if per_key else []
-            undo = [k for k in undo if k in per_key] if per_key else []
-    if completed:
-        store.store.complete_many(completed, store.owner)
-    for key in undo:
-        store.release_now(key, keep_count=False)
+
+def _sort_outcomes(chunk: Chunk, outcomes: list[ClaimOutcome | None]) -> int:
+    chunk.acquired = acquired = [o is not None and o.status is ClaimStatus.ACQUIRED for o in outcomes]
+    for j, o in enumerate(outcomes):
+        if o is not None and o.status is ClaimStatus.DONE:
+            chunk.dupes.add(j)
+        elif not acquired[j]:
+            return j
+    return len(outcomes)

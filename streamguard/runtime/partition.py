@@ -19,6 +19,7 @@ from streamguard.core.scheduler import KeyScheduler
 
 if TYPE_CHECKING:
     from streamguard.app import HandlerSpec
+    from streamguard.runtime.claimed_lane import Chunk
 
 _epochs = itertools.count(1)
 
@@ -51,13 +52,13 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "chunk_range", "claimed", "current_started", "done", "dupes", "extend_max", "extended",
-                 "index", "lock", "more", "ok_keys", "started", "stop")
+    __slots__ = ("abandoned", "chunk", "current_started", "done", "dupes", "extend_max", "extended", "index", "lock",
+                 "more", "started", "stop")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         # runs of the partition dispatched while the job runs, appended to its batch by the lane itself;
-        # None once the job no longer takes any (the plain lane only)
+        # None once the job no longer takes any
         self.more: list[list[Any]] | None = None
         self.extended = 0  # times it did (worker.stats["lane_extended"])
         self.extend_max = 0  # batch size past which it stops taking more
@@ -69,10 +70,7 @@ class LaneJob:
         self.lock = threading.Lock()
         self.index = 0  # batch index of the message the handler is running
         self.dupes = 0  # resolved as duplicates (key already DONE): no handler call
-        self.ok_keys: list[str] = []  # keys of the current chunk that succeeded, completion not yet written
-        self.claimed: list[tuple[int, str]] = []  # (batch index, key) claimed in the current chunk
-        # the current chunk claimed as one range: (topic, partition, first offset, keys with own rows, batch index)
-        self.chunk_range: tuple[str, int, int, set[str], int] | None = None
+        self.chunk: Chunk | None = None  # the claimed chunk the lane is running, not yet settled
 
 
 class PartitionState:

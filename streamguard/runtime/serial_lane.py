@@ -16,7 +16,7 @@ from typing import Any
 from streamguard.context import Context
 from streamguard.errors import DecodeError, HandlerTimeout
 from streamguard.observability.metrics import observe_many
-from streamguard.runtime.claimed_lane import run_claimed_lane, settle_chunk
+from streamguard.runtime.claimed_lane import Chunk, run_claimed_lane
 from streamguard.runtime.partition import LaneJob, PartitionState
 from streamguard.runtime.worker_state import WorkerState
 
@@ -43,7 +43,7 @@ class SerialLane(WorkerState):
         key = started[0][0]
         batch = st.scheduler.run_of(key, self.LANE_BATCH)
         job = st.lane_job = LaneJob()
-        if self._store is None and len(batch) == st.scheduler.buffered:
+        if len(batch) == st.scheduler.buffered:
             job.extend_max = min(self.LANE_EXTEND_MAX, st.flow.limit // 2)  # released only when the job ends
             job.more = []  # the batch is the whole queue: what arrives next may extend it (_lane_extend)
         fut = self._loop.run_in_executor(self._pool, self._run_lane, st, batch, job)
@@ -57,7 +57,7 @@ class SerialLane(WorkerState):
         try:
             if self._store is not None:
                 return run_claimed_lane(st, batch, job, self._store, self.worker_id, self._idempotency_key,
-                                        durations.append)
+                                        durations.append, self._lane_extend)
             return self._run_plain_lane(st, batch, job, durations.append)
         finally:
             observe_many(self.metrics.handler_duration.labels(topic=st.topic), durations)
@@ -130,30 +130,24 @@ class SerialLane(WorkerState):
             expired = bool(job.current_started) and time.monotonic() - job.current_started > timeout
             if expired:
                 job.abandoned = True
-                done, index, ok_keys, claimed, chunk_range = (job.done, job.index, job.ok_keys, job.claimed,
-                                                              job.chunk_range)
+                done, index, chunk = job.done, job.index, job.chunk
         if expired:
             exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
                                  "(sync handlers cannot be interrupted; its thread runs on)")
             if self._store is None:
                 self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
             else:  # the chunk's successes before it are completed first, its unfinished claims undone
-                undo = [k for x, k in claimed if x >= index]
-                # a chunk claimed as a range is DONE through the message before the one that timed out
-                through = batch[index - 1].offset() if chunk_range and index > chunk_range[4] else None
-                self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, ok_keys, undo, exc,
-                                                              chunk_range, through))
+                self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, chunk, exc))
             return
         self._loop.call_later(min(timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
 
     async def _settle_abandoned(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, index: int,
-                                ok_keys: list[str], undo: list[str], exc: BaseException,
-                                chunk_range: tuple[str, int, int, set[str], int] | None = None,
-                                through: int | None = None) -> None:
+                                chunk: Chunk | None, exc: BaseException) -> None:
         store = self._store
         assert store is not None
         try:
-            await store.call_with(settle_chunk, store, ok_keys, undo, chunk_range, through)
+            if chunk is not None:  # the lane was running it: it holds claims up to and past ``index``
+                await store.call_with(chunk.settle, store, batch, index - chunk.start, st.topic, st.partition)
         except Exception:  # the store is down: nothing of the chunk is resolved; the full path retries it
             log.exception("could not settle the lane's chunk on %s[%d]", st.topic, st.partition)
             index = job.done

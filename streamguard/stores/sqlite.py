@@ -103,6 +103,8 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._txn_lock = threading.Lock()
         self._txn_idle: list[sqlite3.Connection] = []
+        self._local = threading.local()  # .conn: the thread's connection for one-statement writes
+        self._statement_conns: list[sqlite3.Connection] = []  # every such connection, closed by close()
 
     def __enter__(self) -> SqliteStore:
         self.open()
@@ -113,11 +115,12 @@ class SqliteStore:
 
     # -- connections ---------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, set_wal: bool = True) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves instead of the module's
         # implicit deferred transactions.
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        if set_wal:  # persistent in the file: connections opened after the first one (open()) need not ask again
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
@@ -155,8 +158,27 @@ class SqliteStore:
                 self._conn = None
         with self._txn_lock:
             idle, self._txn_idle = self._txn_idle, []
+            idle += self._statement_conns
+            self._statement_conns, self._local = [], threading.local()
         for conn in idle:
             conn.close()
+
+    def _statement_conn(self) -> sqlite3.Connection:
+        """The calling thread's connection for one-statement writes (the claimed lane's range rows).
+
+        Such a statement is its own transaction: SQLite's write lock is held only while it runs, with the GIL
+        released, so lanes on other threads rarely wait for it. Through the shared connection they would wait
+        for its Python lock instead, which is held until the statement's thread gets the GIL back: up to the
+        interpreter's switch interval (5 ms) per statement while other threads run Python.
+        """
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self._require()
+            conn = self._connect(set_wal=False)
+            with self._txn_lock:
+                self._statement_conns.append(conn)
+            self._local.conn = conn
+        return conn
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -247,6 +269,14 @@ class SqliteStore:
                     out.update(self._claim(conn, claimable, owner, lease_seconds))
         return [out[k] for k in keys]
 
+    def claim_span(self, topic: str, partition: int, first: int, last: int, owner: str, lease_seconds: float) -> bool:
+        """Claim the keys ``topic/partition/<first..last>`` as ONE range row if none of them has been seen (the
+        claimed lane's common case: one statement, its own transaction); False when one has:
+        :meth:`claim_chunk` sorts such chunks out."""
+        now = self._clock()
+        return ranges.claim_if_untouched(self._statement_conn(), TABLE, topic, partition, first, last, owner,
+                                         now + lease_seconds, now)
+
     def claim_chunk(self, topic: str, partition: int, offsets: Sequence[int], owner: str,
                     lease_seconds: float) -> tuple[list[ClaimOutcome | None], set[str]]:
         """:meth:`claim_unless_suspect_many` for the keys ``topic/partition/offset`` of ``offsets`` (increasing,
@@ -256,13 +286,8 @@ class SqliteStore:
         at 0): :meth:`settle_chunk` leaves those to the per-key calls.
         """
         fresh = ClaimOutcome(ClaimStatus.ACQUIRED, 1)  # frozen: one object for every fresh key
-        lo, hi = offsets[0], offsets[-1]
-        if len(str(lo)) == len(str(hi)):
-            with self._lock:  # nothing there yet (the common case): one statement, no BEGIN / COMMIT round trips
-                now = self._clock()
-                if ranges.claim_if_untouched(self._require(), TABLE, topic, partition, lo, hi, owner,
-                                             now + lease_seconds, now):
-                    return [fresh] * len(offsets), set()
+        if self.claim_span(topic, partition, offsets[0], offsets[-1], owner, lease_seconds):
+            return [fresh] * len(offsets), set()
         with self._write() as conn:
             now = self._clock()
             ranges.expand_overlapping(conn, TABLE, topic, partition, offsets[0], offsets[-1])
@@ -290,25 +315,17 @@ class SqliteStore:
     @staticmethod
     def _read_span(conn: sqlite3.Connection, topic: str, partition: int, lo: int, hi: int) -> dict[str, KeyRecord]:
         """The rows of keys ``topic/partition/<offset>`` for offsets in ``[lo, hi]`` (and possibly a few other keys
-        of that partition: callers look up the keys they want), in one index range scan per decimal length
-        instead of a lookup per key: among keys of one length under one prefix, text order is numeric order."""
+        of that partition: callers look up the keys they want), one index range scan per decimal length."""
         found: dict[str, KeyRecord] = {}
-        prefix = f"{topic}/{partition}/"
-        a = lo
-        while a <= hi:
-            b = min(hi, 10 ** len(str(a)) - 1)
-            first, last = prefix + str(a), prefix + str(b)
-            found.update(_records(conn.execute(
-                f"SELECT {_COLUMNS} FROM {TABLE} WHERE key BETWEEN ? AND ? AND length(key) = ?",
-                (first, last, len(first)))))
-            a = b + 1
+        for first, last, length in ranges.key_spans(topic, partition, lo, hi):
+            found.update(_records(conn.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE key BETWEEN ? AND ? "
+                                               "AND length(key) = ?", (first, last, length))))
         return found
 
     def settle_chunk(self, topic: str, partition: int, first: int, owner: str, done_through: int | None) -> bool:
         """Our range claimed at ``first`` becomes DONE through ``done_through`` (None: nothing finished); False
         when a per-key call expanded it meanwhile, and the chunk must be settled key by key."""
-        with self._lock:  # one statement: its own transaction (autocommit), no BEGIN / COMMIT round trips
-            return ranges.settle(self._require(), topic, partition, first, owner, done_through, self._clock())
+        return ranges.settle(self._statement_conn(), topic, partition, first, owner, done_through, self._clock())
 
     def complete(self, key: str, owner: str) -> bool:
         return self.complete_many([key], owner)[0]

@@ -54,9 +54,10 @@ def coordinates(key: str) -> tuple[str, int, int] | None:
     return parts[0], int(parts[1]), int(parts[2])
 
 
-def is_dense(offsets: Sequence[int]) -> bool:
-    """Worth a range: the offsets span less than twice their count (expansions stay bounded)."""
-    return bool(offsets) and offsets[-1] - offsets[0] < 2 * len(offsets)
+def is_dense(first: int, last: int, count: int) -> bool:
+    """Worth a range: ``count`` increasing offsets from ``first`` to ``last`` span less than twice their count
+    (expansions stay bounded)."""
+    return count > 0 and last - first < 2 * count
 
 
 def expand(conn: sqlite3.Connection, table: str, keys: Sequence[str]) -> None:
@@ -107,17 +108,33 @@ def _expand_range(conn: sqlite3.Connection, table: str, topic: str, part: int, r
     conn.execute(f"DELETE FROM {RANGES} WHERE topic = ? AND part = ? AND first = ?", (topic, part, first))
 
 
+def key_spans(topic: str, part: int, lo: int, hi: int) -> list[tuple[str, str, int]]:
+    """The keys ``topic/part/<offset in [lo, hi]>`` as (first key, last key, key length) spans, one per decimal
+    length: among keys of one length under one prefix, text order is numeric order, so each span is one
+    index range scan (``key BETWEEN first AND last AND length(key) = length``) instead of a lookup per key."""
+    prefix = f"{topic}/{part}/"
+    spans = []
+    a = lo
+    while a <= hi:
+        b = min(hi, 10 ** len(str(a)) - 1)
+        first = prefix + str(a)
+        spans.append((first, prefix + str(b), len(first)))
+        a = b + 1
+    return spans
+
+
 def claim_if_untouched(conn: sqlite3.Connection, table: str, topic: str, part: int, lo: int, hi: int, owner: str,
                        lease_expires: float, now: float) -> bool:
     """The common case in ONE statement (its own transaction): claim ``[lo, hi]`` as a range if no range overlaps
-    it and no key ``topic/part/<offset in [lo, hi]>`` has a row (``lo`` and ``hi`` of one decimal length)."""
-    prefix = f"{topic}/{part}/"
+    it and no key ``topic/part/<offset in [lo, hi]>`` has a row."""
+    spans = key_spans(topic, part, lo, hi)
+    no_rows = " ".join(f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE key BETWEEN ?{8 + 3 * n} AND ?{9 + 3 * n} "
+                       f"AND length(key) = ?{10 + 3 * n})" for n in range(len(spans)))
     cur = conn.execute(
         f"INSERT INTO {RANGES} (topic, part, first, last, status, owner, lease_expires, updated_at) "
         "SELECT ?1, ?2, ?3, ?4, 'claimed', ?5, ?6, ?7 "
-        f"WHERE NOT EXISTS ({_OVERLAPPING}) "  # the same numbered parameters: ?1 topic .. ?4 hi
-        f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE key BETWEEN ?8 AND ?9 AND length(key) = ?10)",
-        (topic, part, lo, hi, owner, lease_expires, now, prefix + str(lo), prefix + str(hi), len(prefix + str(lo))))
+        f"WHERE NOT EXISTS ({_OVERLAPPING}) {no_rows}",  # the same numbered parameters: ?1 topic .. ?4 hi
+        (topic, part, lo, hi, owner, lease_expires, now, *(v for span in spans for v in span)))
     return cur.rowcount == 1
 
 

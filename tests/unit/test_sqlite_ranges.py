@@ -144,7 +144,7 @@ def test_an_old_file_gets_the_ranges_table(tmp_path: Path):
 def test_helpers():
     assert coordinates("orders.v1/3/42") == ("orders.v1", 3, 42)
     assert coordinates("order-17") is None and coordinates("a/b/c") is None
-    assert is_dense([5, 6, 8]) and not is_dense([1, 100]) and not is_dense([])
+    assert is_dense(5, 8, 3) and not is_dense(1, 100, 2) and not is_dense(0, 0, 0)
 
 
 def test_a_chunk_finds_rows_of_its_keys_across_a_power_of_ten_and_only_those(store, clock):
