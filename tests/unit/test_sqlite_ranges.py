@@ -157,3 +157,36 @@ def test_a_chunk_finds_rows_of_its_keys_across_a_power_of_ten_and_only_those(sto
     done = ClaimOutcome(ClaimStatus.DONE, 1)
     assert outcomes == [ACQ1, ACQ1, ACQ1, done, ACQ1, None, ACQ1, ACQ1, ACQ1, ACQ1, ACQ1]
     assert store.peek_many(keys([1000, 10001])) == [(True, 1), (True, 1)]
+
+
+def test_a_span_nobody_touched_is_claimed_in_one_statement_across_powers_of_ten(store):
+    assert store.claim_span("t", 0, 95, 1005, "w1", 30.0)
+    assert range_rows(store) == [(95, 1005, "claimed", "w1")] and key_rows(store) == 0
+    assert store.peek_many(keys([95, 999, 1005, 1006])) == [(False, 1)] * 3 + [(False, 0)]
+    assert not store.claim_span("t", 0, 1000, 1010, "w2", 30.0)  # overlaps the live range: nothing written
+    assert range_rows(store) == [(95, 1005, "claimed", "w1")]
+
+
+@pytest.mark.parametrize("touched", [99, 100, 1000])
+def test_a_span_with_a_key_row_in_any_decimal_length_is_not_claimed_as_untouched(store, touched):
+    store.claim_many(keys([touched]), "w0", 30.0)
+    assert not store.claim_span("t", 0, 95, 1005, "w1", 30.0)
+    assert range_rows(store) == []
+    assert store.claim_span("t", 0, 1001, 1005, "w1", 30.0)  # the keys around it are still untouched
+
+
+def test_statement_connections_are_per_thread_and_closed_with_the_store(tmp_path: Path):
+    import threading
+
+    s = SqliteStore(tmp_path / "idem.db")
+    s.open()
+    assert s.claim_span("t", 0, 0, 9, "w", 30.0)
+    other = threading.Thread(target=lambda: s.claim_span("t", 1, 0, 9, "w", 30.0))
+    other.start()
+    other.join()
+    assert len(s._statement_conns) == 2
+    s.close()
+    assert s._statement_conns == []
+    s.open()  # reopened: this thread gets a new connection instead of the closed one
+    assert s.settle_chunk("t", 0, 0, "w", 9) and s.peek_many(["t/0/9", "t/1/9"]) == [(True, 1), (False, 1)]
+    s.close()
