@@ -52,8 +52,8 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "chunk", "current_started", "done", "dupes", "extend_max", "extended", "index", "lock",
-                 "more", "started", "stop")
+    __slots__ = ("abandoned", "chunk", "current_started", "done", "dupes", "extend_max", "extended", "gated", "index",
+                 "lock", "more", "started", "stop")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -69,6 +69,7 @@ class LaneJob:
         # with an idempotency store (claimed_lane.py); ``lock`` orders the lane against the timeout watchdog
         self.lock = threading.Lock()
         self.index = 0  # batch index of the message the handler is running
+        self.gated = False  # holds a shared slot of the worker's solo gate (with a store), released when it ends
         self.dupes = 0  # resolved as duplicates (key already DONE): no handler call
         self.chunk: Chunk | None = None  # the claimed chunk the lane is running, not yet settled
 
@@ -76,8 +77,8 @@ class LaneJob:
 class PartitionState:
     """Offsets and scheduling of one (topic, partition) under one assignment epoch."""
 
-    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_chunk", "lane_job", "partition",
-                 "progress_at", "revoked", "scheduler", "spec", "topic", "tracker")
+    __slots__ = ("drained", "draining", "epoch", "fast", "flow", "lane", "lane_chunk", "lane_gate_wait", "lane_job",
+                 "partition", "progress_at", "revoked", "scheduler", "spec", "topic", "tracker")
 
     def __init__(self, spec: HandlerSpec, partition: int, committed: int | None, preresolved: set[int],
                  flow: Flow | None = None) -> None:
@@ -94,6 +95,7 @@ class PartitionState:
         self.fast = False  # set by the worker: async handler without store/breakers -> one coroutine per message
         self.lane = False  # set by the worker: run this partition's messages in batches on one thread
         self.lane_job: LaneJob | None = None
+        self.lane_gate_wait = False  # a task waits for the solo gate to start this partition's lane
         self.lane_chunk = 100  # keys the claimed lane claims per transaction (adapted to the handler's speed)
         self.drained: asyncio.Event | None = None
 

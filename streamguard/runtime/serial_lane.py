@@ -29,20 +29,30 @@ class SerialLane(WorkerState):
     # ------------------------------------------------------------------ the serial lane (loop thread)
     LANE_BATCH = 2000
 
-    def _start_lane(self, st: PartitionState) -> None:
+    def _start_lane(self, st: PartitionState, gate_held: bool = False) -> None:
         """Partition-serial sync handlers: run the next messages in order in ONE pool job, not a task each.
 
         The first failure (or an undecodable / oversized record) ends the batch and goes down the full
         per-message path (retries, DLQ, quarantine) with the failure counted as its first attempt.
+        With a store, a job holds a shared slot of the solo gate, as every normal run does: a suspect
+        (solo_gate.py) runs only once the lanes' current jobs have ended, and no job starts while it runs.
         """
-        if st.lane_job is not None or st.draining:
+        gate = self._gate if self._store is not None else None
+        if st.lane_job is not None or st.draining or st.revoked or not st.scheduler.startable:
+            if gate_held:
+                assert gate is not None
+                gate.release_shared()
+            return
+        if gate is not None and not gate_held and not gate.try_shared():
+            if not st.lane_gate_wait:  # one waiter per partition; it starts the lane when the suspect is done
+                st.lane_gate_wait = True
+                self._loop.create_task(self._start_lane_after_suspect(st))
             return
         started = st.scheduler.take()
-        if not started:
-            return
         key = started[0][0]
         batch = st.scheduler.run_of(key, self.LANE_BATCH)
         job = st.lane_job = LaneJob()
+        job.gated = gate is not None
         if len(batch) == st.scheduler.buffered:
             job.extend_max = min(self.LANE_EXTEND_MAX, st.flow.limit // 2)  # released only when the job ends
             job.more = []  # the batch is the whole queue: what arrives next may extend it (_lane_extend)
@@ -50,6 +60,13 @@ class SerialLane(WorkerState):
         fut.add_done_callback(lambda f: self._lane_done(st, key, batch, job, f))
         if st.spec.timeout is not None:
             self._loop.call_later(min(st.spec.timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
+
+    async def _start_lane_after_suspect(self, st: PartitionState) -> None:
+        gate = self._gate
+        assert gate is not None
+        await gate.shared()
+        st.lane_gate_wait = False
+        self._start_lane(st, gate_held=True)
 
     def _run_lane(self, st: PartitionState, batch: list[Any], job: LaneJob) -> tuple[int, Any, BaseException | None]:
         """(pool thread) Handle ``batch`` in order; stop at the first message that needs the full path."""
@@ -168,6 +185,9 @@ class SerialLane(WorkerState):
     def _lane_finish(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, done: int, failed: Any,
                      exc: BaseException | None) -> None:
         st.lane_job = None
+        if job.gated:
+            assert self._gate is not None
+            self._gate.release_shared()
         self.stats["lane_extended"] += job.extended
         if st.revoked:
             self.stats["fenced"] += done
