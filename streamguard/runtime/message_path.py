@@ -43,15 +43,32 @@ class MessagePath(WorkerState):
 
     # ------------------------------------------------------------------ one message (loop thread)
     async def _process_fast(self, st: PartitionState, key: Any, m: Any) -> None:
-        """The common case in one coroutine: an async handler with no store, breaker or retry topic that
-        succeeds. Anything else (undecodable bytes, a failure) continues down the full path in ``_process``,
-        the failure counted as the first attempt.
+        """The common case in one coroutine: an async handler with no breaker or retry topic that succeeds.
+        Anything else (undecodable bytes, a failure, a key the store has seen before) continues down the full
+        path in ``_process``, a failure counted as the first attempt.
 
         After a success the task goes on with the next ready message of its partition: creating a task per
         message was the largest fixed cost of the async path (the 5 ms handler at 100 keys reached 70-74% of
         its bound). A handler's context variables therefore carry over to the next message of its slot,
-        as in any consumer loop; set them with a reset (``with``/``token``) if that matters."""
+        as in any consumer loop; set them with a reset (``with``/``token``) if that matters.
+
+        With an idempotency store, a record keyed by its own coordinates (no ``key=``, no ``idempotency-key``
+        header, not a replay: such keys are unique, so the worker-wide one-delivery-per-key wait of the full
+        path has nothing to wait for) is claimed and completed with the calls of this loop tick (StoreBatcher)
+        and runs under a shared slot of the solo gate; a key delivered before, DONE keys aside, is a suspect
+        and goes the full path. A failure undoes the claim first (released, counter back to 0: a failure that
+        returned is not a crash), so the full path counts it as a fresh delivery."""
+        try:
+            await self._run_fast(st, key, m)
+        except Exception:  # a bug in streamguard itself, or the store down: never commit past the message
+            log.exception("internal error on the fast path of %s[%d]; the partition will not commit past it",
+                          st.topic, st.partition)
+            self.stats["internal_errors"] += 1
+
+    async def _run_fast(self, st: PartitionState, key: Any, m: Any) -> None:
         spec = st.spec
+        store = self._store
+        gate = self._gate
         while True:
             try:
                 model = spec.decoder(m.value())
@@ -59,25 +76,84 @@ class MessagePath(WorkerState):
                 await self._process(st, key, m)
                 return
             ctx: Any = None
-            if spec.takes_ctx:
+            idem: str | None = None
+            if store is not None or spec.takes_ctx:
                 offset = m.offset()
-                ctx = Context(st.topic, st.partition, offset, m.key(), m.headers(), m.timestamp()[1], 1,
-                              f"{st.topic}/{st.partition}/{offset}", self.worker_id, None)
-                ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+                coordinates = f"{st.topic}/{st.partition}/{offset}"
+                headers = m.headers()
+                if spec.takes_ctx or headers or spec.key is not None:
+                    ctx = Context(st.topic, st.partition, offset, m.key(), headers, m.timestamp()[1], 1, coordinates,
+                                  self.worker_id, self.app.idempotency if store is not None else None)
+                    try:
+                        ctx.idempotency_key = self._idempotency_key(spec, model, ctx)
+                    except Exception:
+                        await self._process(st, key, m)  # quarantined there
+                        return
+                    if store is not None and (ctx.idempotency_key != coordinates
+                                              or ctx.header("streamguard.replayed-from") is not None):
+                        await self._process(st, key, m)
+                        return
+                if store is not None:
+                    idem = coordinates
+                    claim = await store.claim_unless_suspect(idem)
+                    if claim is None or claim.status is ClaimStatus.BUSY:  # a suspect, or held elsewhere
+                        await self._process(st, key, m)
+                        return
+                    if claim.status is ClaimStatus.DONE:
+                        self.stats["duplicate_skipped"] += 1
+                        self._count("duplicate_skipped", st.topic)
+                        following = self._resolve(st, key, offset, take_one=True)
+                        if following is None:
+                            return
+                        key, m = following
+                        continue
+                    if st.revoked:  # never ran: give the claim back as fresh
+                        await self._release_key(idem, keep_count=False)
+                        self.stats["fenced"] += 1
+                        return
+                    assert gate is not None
+                    if not gate.try_shared():
+                        await gate.shared()
+                    self._held[idem] = self._held.get(idem, 0) + 1
+                    self._ensure_renewer()
+            failure: Exception | None = None
             started = time.monotonic()
             try:
                 await self._invoke(spec, spec.fn, model, ctx)
             except Exception as exc:
+                failure = exc
+            finally:
                 self._observe_duration(st.topic, time.monotonic() - started)
-                await self._process(st, key, m, exc)
+                if idem is not None:
+                    assert gate is not None
+                    gate.release_shared()
+                    self._drop_held(idem)
+            if failure is not None:
+                if idem is not None:
+                    if isinstance(failure, LeaseLost):  # another owner took the key over and finished it
+                        self.stats["duplicate_skipped"] += 1
+                        self._count("duplicate_skipped", st.topic)
+                        self._resolve(st, key, m.offset())
+                        return
+                    await self._release_key(idem, keep_count=False)
+                await self._process(st, key, m, failure)
                 return
-            self._observe_duration(st.topic, time.monotonic() - started)
+            if idem is not None and not (ctx is not None and ctx.transaction_used):
+                await store.complete(idem)  # type: ignore[union-attr]
             self.stats["ok"] += 1
             self._count("ok", st.topic)
             following = self._resolve(st, key, m.offset(), take_one=True)
             if following is None:
                 return
             key, m = following
+
+    def _drop_held(self, key: str) -> None:
+        """A run holding the claim of ``key`` ended: the renewer stops renewing it unless another run holds it."""
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
 
     async def _process(self, st: PartitionState, key: Any, m: Any, prior: BaseException | None = None) -> None:
         try:
@@ -191,11 +267,7 @@ class MessagePath(WorkerState):
                                           ctx.idempotency_key, release=True, keep_count=True)
             return await self._attempts(st, m, model, ctx, gate_held=suspect, prior=prior)
         finally:
-            held = self._held.get(ctx.idempotency_key, 0) - 1
-            if held > 0:
-                self._held[ctx.idempotency_key] = held
-            else:
-                self._held.pop(ctx.idempotency_key, None)
+            self._drop_held(ctx.idempotency_key)
             if suspect:
                 await gate.release_exclusive()
 

@@ -55,10 +55,10 @@ class Rebalances(WorkerState):
                 self._gaps.reset(topic, partition)
             spec = st.spec
             plain = not spec.breakers and spec.fallback is None and spec.retry_of is None
-            simple = plain and self._store is None
-            # with a store the lane claims and completes a chunk at a time (claimed_lane.py)
+            # with a store the lane claims and completes a chunk at a time (claimed_lane.py), and the fast path
+            # claims and completes with the other calls of its loop tick (message_path._run_fast)
             st.lane = plain and not spec.is_async and spec.ordering == "partition"
-            st.fast = simple and spec.is_async and spec.max_message_bytes is None
+            st.fast = plain and spec.is_async and spec.max_message_bytes is None
             self._states[(topic, partition)] = st
             if committed is not None:
                 self._acked[(topic, partition)] = (committed, "")

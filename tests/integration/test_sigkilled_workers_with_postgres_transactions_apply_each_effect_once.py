@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import psycopg
+import pytest
 
 from tests.kafka_helpers import produce_all
 
@@ -21,11 +22,17 @@ from streamguard import App, Settings, PostgresStore
 app = App(os.environ["T_GROUP"], os.environ["T_BOOTSTRAP"], idempotency=PostgresStore(os.environ["T_DSN"]),
           settings=Settings(commit_interval=0.3, lease_seconds=2.0))
 
-@app.handler(os.environ["T_TOPIC"], concurrency=4)
 def handle(value, ctx):
     with ctx.transaction() as conn:
         conn.execute("INSERT INTO effects (id, worker) VALUES (%s, %s)", (value.decode(), ctx.worker_id))
         time.sleep(0.04)
+
+async def handle_async(value, ctx):  # on the async fast path: claims and completions batched per loop tick
+    with ctx.transaction() as conn:  # no await inside: the store's pool is shared by every task of the loop
+        conn.execute("INSERT INTO effects (id, worker) VALUES (%s, %s)", (value.decode(), ctx.worker_id))
+        time.sleep(0.01)
+
+app.handler(os.environ["T_TOPIC"], concurrency=4)(handle_async if os.environ["T_ASYNC"] == "1" else handle)
 """
 
 
@@ -36,7 +43,8 @@ def _effects(dsn: str) -> tuple[int, int]:
         return int(row[0]), int(row[1])
 
 
-def test_exactly_once_effects_under_sigkill(kafka, new_topic, tmp_path, pg_dsn):
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async-fast-path"])
+def test_exactly_once_effects_under_sigkill(kafka, new_topic, tmp_path, pg_dsn, is_async):
     n = 1000
     topic = new_topic(partitions=3)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -44,7 +52,7 @@ def test_exactly_once_effects_under_sigkill(kafka, new_topic, tmp_path, pg_dsn):
     produce_all(kafka.bootstrap, topic, [(f"k{i % 50}".encode(), f"e{i}".encode()) for i in range(n)])
     (tmp_path / "pg_app.py").write_text(textwrap.dedent(APP))
     env = {**os.environ, "T_GROUP": f"pgkill-{topic}", "T_BOOTSTRAP": kafka.bootstrap, "T_TOPIC": topic,
-           "T_DSN": pg_dsn, "PYTHONPATH": str(tmp_path)}
+           "T_DSN": pg_dsn, "PYTHONPATH": str(tmp_path), "T_ASYNC": "1" if is_async else "0"}
     rnd = random.Random(7)
     kills = 0
     deadline = time.monotonic() + 180
