@@ -101,8 +101,8 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
     idempotency = store.store
     custom_key = spec.key is not None
     claim_span = getattr(idempotency, "claim_span", None)  # a store that keeps a chunk as one range row
-    timed = spec.timeout is not None  # a watchdog reads job.index / current_started, under job.lock
-    lock = job.lock
+    timed = spec.timeout is not None  # a watchdog may take the running message over (job.running)
+    running = job.running
     clock = time.monotonic
     i = 0
     while True:
@@ -156,36 +156,32 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
         stop_at = _claim(chunk, batch, topic, partition, store, claim_span)
         if stop_at < size:  # a suspect (delivered before, unresolved) or held elsewhere: the full path decides
             handover = batch[i + stop_at]
-        with lock:
-            job.chunk = chunk
+        job.chunk = chunk  # before a message runs: the watchdog settles it if it takes one over
         dupes = chunk.dupes
         ran = 0  # chunk records resolved (run, or DONE already)
         failed: Any = None
         exc: BaseException | None = None
         t0 = clock()
-        if timed and stop_at:
-            with lock:
-                job.index, job.current_started = i, t0
         for j in range(stop_at):
             if job.stop:
                 break
             if dupes and j in dupes:
                 job.dupes += 1
-            else:
-                try:
-                    if takes_ctx:
-                        fn(models[j], ctxs[j])  # type: ignore[index]
-                    else:
-                        fn(models[j])
-                except BaseException as err:
-                    failed, exc = batch[i + j], err
-            t1 = clock()
+                ran = j + 1
+                t0 = clock()
+                continue
             if timed:
-                with lock:
-                    if job.abandoned:  # the watchdog settled this batch: hands off the store from here on
-                        return job.done, ABANDONED, None
-                    job.index = i + j + 1
-                    job.current_started = t1 if j + 1 < stop_at and failed is None else 0.0
+                running[i + j] = t0
+            try:
+                if takes_ctx:
+                    fn(models[j], ctxs[j])  # type: ignore[index]
+                else:
+                    fn(models[j])
+            except BaseException as err:
+                failed, exc = batch[i + j], err
+            t1 = clock()
+            if timed and running.pop(i + j, None) is None:  # the watchdog took it over and settles the chunk:
+                return job.done, ABANDONED, None             # hands off the store from here on
             observe(t1 - t0)
             t0 = t1
             if failed is not None:
@@ -194,14 +190,11 @@ def run_claimed_lane(st: PartitionState, batch: list[Any], job: LaneJob, store: 
         if ran:  # a chunk should finish well inside its claims' lease: size the next one by this one's pace
             pace = (clock() - started) / ran
             st.lane_chunk = max(1, min(MAX_CHUNK, int(store.lease / 4 / pace) if pace > 0 else MAX_CHUNK))
-        with lock:
-            if job.abandoned:
-                return job.done, ABANDONED, None
-            job.current_started = 0.0
-            chunk.settle(store, batch, ran, topic, partition)
-            job.chunk = None
-            i += ran
-            job.done = i
+        # no message runs now, so the watchdog cannot take this chunk over: the lane settles it
+        chunk.settle(store, batch, ran, topic, partition)
+        job.chunk = None
+        i += ran
+        job.done = i
         if failed is not None:
             return i, failed, exc
         if ran < stop_at:  # stopped (revoke / shutdown)

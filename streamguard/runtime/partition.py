@@ -52,8 +52,8 @@ class Flow:
 class LaneJob:
     """One batch of a partition-serial sync handler running on a pool thread; watched for timeouts."""
 
-    __slots__ = ("abandoned", "chunk", "current_started", "done", "dupes", "extend_max", "extended", "gated", "index",
-                 "lock", "more", "started", "stop")
+    __slots__ = ("abandoned", "chunk", "current_started", "done", "dupes", "extend_max", "extended", "gated", "lock",
+                 "more", "running", "started", "stop")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -66,9 +66,11 @@ class LaneJob:
         self.current_started = 0.0
         self.stop = False
         self.abandoned = False
-        # with an idempotency store (claimed_lane.py); ``lock`` orders the lane against the timeout watchdog
-        self.lock = threading.Lock()
-        self.index = 0  # batch index of the message the handler is running
+        self.lock = threading.Lock()  # guards ``more`` (the loop appends, the lane takes)
+        # with an idempotency store (claimed_lane.py) and a timeout: {batch index: start} of the message the
+        # handler runs; the lane when it returns and the watchdog when it expires race to pop it (atomic under
+        # the GIL), and only the winner settles the chunk
+        self.running: dict[int, float] = {}
         self.gated = False  # holds a shared slot of the worker's solo gate (with a store), released when it ends
         self.dupes = 0  # resolved as duplicates (key already DONE): no handler call
         self.chunk: Chunk | None = None  # the claimed chunk the lane is running, not yet settled

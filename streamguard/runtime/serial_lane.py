@@ -143,19 +143,21 @@ class SerialLane(WorkerState):
             return
         timeout = st.spec.timeout
         assert timeout is not None
-        with job.lock:
-            expired = bool(job.current_started) and time.monotonic() - job.current_started > timeout
-            if expired:
+        now = time.monotonic()
+        exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
+                             "(sync handlers cannot be interrupted; its thread runs on)")
+        if self._store is None:
+            if job.current_started and now - job.current_started > timeout:
                 job.abandoned = True
-                done, index, chunk = job.done, job.index, job.chunk
-        if expired:
-            exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
-                                 "(sync handlers cannot be interrupted; its thread runs on)")
-            if self._store is None:
+                done = job.done
                 self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
-            else:  # the chunk's successes before it are completed first, its unfinished claims undone
-                self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, chunk, exc))
-            return
+                return
+        else:  # the claimed lane: whoever pops the running message's entry first owns the chunk's settling
+            for index, started in list(job.running.items()):
+                if now - started > timeout and job.running.pop(index, None) is not None:
+                    job.abandoned = True  # the chunk's successes before it are completed, its other claims undone
+                    self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, job.chunk, exc))
+                    return
         self._loop.call_later(min(timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
 
     async def _settle_abandoned(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, index: int,
