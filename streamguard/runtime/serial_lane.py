@@ -144,21 +144,26 @@ class SerialLane(WorkerState):
         timeout = st.spec.timeout
         assert timeout is not None
         now = time.monotonic()
-        exc = HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {timeout}s "
-                             "(sync handlers cannot be interrupted; its thread runs on)")
         if self._store is None:
             if job.current_started and now - job.current_started > timeout:
                 job.abandoned = True
                 done = job.done
-                self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None, exc)
+                self._lane_finish(st, key, batch, job, done, batch[done] if done < len(batch) else None,
+                                  self._lane_timeout(st))
                 return
         else:  # the claimed lane: whoever pops the running message's entry first owns the chunk's settling
             for index, started in list(job.running.items()):
                 if now - started > timeout and job.running.pop(index, None) is not None:
                     job.abandoned = True  # the chunk's successes before it are completed, its other claims undone
-                    self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, job.chunk, exc))
+                    self._loop.create_task(self._settle_abandoned(st, key, batch, job, index, job.chunk,
+                                                                  self._lane_timeout(st)))
                     return
         self._loop.call_later(min(timeout, 1.0) / 2, self._watch_lane, st, key, batch, job)
+
+    @staticmethod
+    def _lane_timeout(st: PartitionState) -> HandlerTimeout:
+        return HandlerTimeout(f"handler {st.spec.name} ran past its timeout of {st.spec.timeout}s "
+                              "(sync handlers cannot be interrupted; its thread runs on)")
 
     async def _settle_abandoned(self, st: PartitionState, key: Any, batch: list[Any], job: LaneJob, index: int,
                                 chunk: Chunk | None, exc: BaseException) -> None:

@@ -7,10 +7,14 @@ Connections, and why:
   only turn in-process contention into SQLITE_BUSY waits, which SQLite resolves by *sleeping* (1..100 ms
   steps), while a Python lock hands over at once. Batches (``claim_many`` / ``complete_many``) are one
   ``BEGIN IMMEDIATE`` transaction each, which is what keeps the store off the throughput critical path.
-* The claimed lane's range rows (``claim_span`` / ``settle_chunk``) are written through a **connection per
-  thread**, one autocommit statement each: SQLite's write lock is then held only while the statement runs
-  (without the GIL), whereas the bookkeeping lock would be held until the statement's thread gets the GIL back,
-  which is up to the interpreter's switch interval while other lanes run Python.
+* The common batch -- every key fresh to claim, or every key ours to complete -- is first tried as ONE
+  single-step statement (the row count tells whether it applied to all) on a **connection per thread**:
+  each step into SQLite gives up the GIL, and getting it back from a thread running Python can take the
+  interpreter's switch interval (5 ms), so BEGIN / a check / INSERT ... RETURNING (a step per row) / COMMIT
+  cost ~100x more than the work beside a busy loop thread. Only the other batches take the transaction.
+* The claimed lane's range rows (``claim_span`` / ``settle_chunk``) are written the same way, one autocommit
+  statement each on the thread's connection: SQLite's write lock is then held only while the statement runs
+  (without the GIL), whereas the bookkeeping lock would be held until the statement's thread gets the GIL back.
 * ``transaction()`` takes a **separate connection** from a small free list, because user code runs inside
   it for as long as it likes and must not hold the bookkeeping lock meanwhile. It starts with
   ``BEGIN IMMEDIATE`` (the write lock is taken up front, so a read-then-write cannot fail with
