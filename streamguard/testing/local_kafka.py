@@ -79,11 +79,43 @@ JVM_OPTS = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:-UsePerfData", "-Dj
             "-XX:TieredStopAtLevel=1" if os.environ.get("STREAMGUARD_KAFKA_FAST_JIT") else "-XX:+TieredCompilation"]
 
 
+_handed_out: set[int] = set()  # ports free_port() returned in this process: never twice
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket() as s:
+    """A port free on 127.0.0.1 right now, outside the kernel's ephemeral range when there is room below it.
+
+    A broker binds its ports seconds after they are picked (after formatting its storage); every outgoing
+    connection meanwhile -- another node's, a client's -- takes its local port from the ephemeral range, and
+    one took a broker's port there once ("Address already in use" at startup). Listening ports picked below
+    the range can only collide with other listeners.
+    """
+    lo, _ = _ephemeral_range()
+    candidates = range(10_000, lo) if lo - 10_000 >= 1_000 else range(0)
+    for _ in range(200 if candidates else 0):
+        port = secrets.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no room below the range (or all taken): the OS picks
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def _die_with_parent() -> None:
