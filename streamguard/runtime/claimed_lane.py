@@ -212,12 +212,11 @@ def _claim(chunk: Chunk, batch: list[Any], topic: str, partition: int, store: St
     msgs = batch[chunk.start:chunk.start + chunk.size]
     lo, hi = msgs[0].offset(), msgs[-1].offset()
     if claim_span is not None and is_dense(lo, hi, chunk.size):
+        chunk.first = lo  # claimed as a range row either way
         if claim_span(topic, partition, lo, hi, store.owner, store.lease):  # the common case: nothing there yet
-            chunk.first = lo
             return chunk.size
         offsets = [m.offset() for m in msgs]
         outcomes, chunk.per_key = idempotency.claim_chunk(topic, partition, offsets, store.owner, store.lease)
-        chunk.first = lo
     else:
         outcomes = store.claim_unless_suspect_many(chunk.spell_keys(batch, topic, partition))
     return _sort_outcomes(chunk, outcomes)

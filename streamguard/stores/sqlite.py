@@ -90,11 +90,8 @@ _CLAIM_ALL_FRESH = (
 _COMPLETE_ALL_OWN = (
     f"UPDATE {TABLE} SET status = 'done', lease_expires = NULL, completed_at = ?, updated_at = ? "
     "WHERE key IN (SELECT value FROM json_each(?)) AND status = 'claimed' AND owner = ?"
-)  # _COMPLETE_OWN without RETURNING: the row count says whether it was all of them
-_COMPLETE_OWN = (
-    f"UPDATE {TABLE} SET status = 'done', lease_expires = NULL, completed_at = ?, updated_at = ? "
-    "WHERE key IN (SELECT value FROM json_each(?)) AND status = 'claimed' AND owner = ? RETURNING key"
-)  # = transition_complete(own claim, ...): DONE, counter kept
+)  # = transition_complete(own claim, ...): DONE, counter kept; the row count says whether it was all of them
+_COMPLETE_OWN = _COMPLETE_ALL_OWN + " RETURNING key"  # the same, naming the keys it completed
 
 
 _ACQUIRED_FRESH = ClaimOutcome(ClaimStatus.ACQUIRED, 1)  # frozen: one object for every fresh key
